@@ -1,0 +1,7 @@
+"""Shared components of the TPP bundles: PEFT injection, pretext tasks, engines and handlers.
+
+Bundle configs reference these by their full dotted path, e.g.
+``"_target_": "tpp_components.networks.build_network"``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,18 @@
+"""PEFT methods behind one registry, and the target-parameter contract."""
+
+# importing the method modules registers them
+from tpp_components.peft import adapter, bitfit, lora, prompt, ssf  # noqa: F401
+from tpp_components.peft.base import InjectionError, PeftMethod, PeftMethodConfig
+from tpp_components.peft.inject import get_peft_method, inject, merge, unwrap
+from tpp_components.peft.presets import TARGET_PRESETS
+from tpp_components.peft.registry import available_methods, create_method, get_method_class, register_method
+from tpp_components.peft.target_parameters import (
+    TargetParameterError,
+    backbone_fingerprint,
+    backbone_parameters,
+    load_target_parameters,
+    read_manifest,
+    save_target_parameters,
+    set_trainable,
+    target_parameters,
+)
