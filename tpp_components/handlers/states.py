@@ -1,0 +1,76 @@
+"""State views handed to ``CheckpointSaver`` / ``CheckpointLoader``.
+
+MONAI's checkpoint handlers save whatever ``state_dict()`` an object returns (atomically, via
+ignite's ``DiskSaver``); these views decide *what* is saved: only the trainable tensors for
+resumable PEFT/TPP checkpoints, the merged plain network for ``models/model.pt``, the backbone
+without its head for stage 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from tpp_components.peft import get_peft_method, merge, unwrap
+from tpp_components.peft.inject import PEFT_ATTRIBUTE
+
+__all__ = ["TrainableState", "DeployableState", "BackboneState"]
+
+
+class TrainableState:
+    """The trainable parameters of a module (target parameters + head or pretext decoder).
+
+    ``load_state_dict`` is strict: every trainable tensor must be present, nothing else.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in unwrap(self.module).named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        params = {n: p for n, p in unwrap(self.module).named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise KeyError(f"trainable-state checkpoint: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}.")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name])
+
+
+class DeployableState:
+    """What ``models/model.pt`` holds: the merged plain network when the method can merge,
+    else the injected network's full state dict (which the bundle's ``network_def`` rebuilds)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        network = unwrap(self.network)
+        if getattr(network, PEFT_ATTRIBUTE, None) is not None and get_peft_method(network).mergeable:
+            network = merge(network)
+        return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        raise NotImplementedError("load models/model.pt into the bundle's network_def instead.")
+
+
+class BackboneState:
+    """A network's state dict without its task head: the stage-0 backbone checkpoint."""
+
+    def __init__(self, network: nn.Module, head_modules: Sequence[str] = ()) -> None:
+        self.network = network
+        self.head_modules = tuple(head_modules)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            k: v.detach().clone()
+            for k, v in unwrap(self.network).state_dict().items()
+            if not any(k.startswith(h + ".") for h in self.head_modules)
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        unwrap(self.network).load_state_dict(state, strict=False)

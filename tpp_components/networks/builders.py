@@ -1,0 +1,84 @@
+"""Builders that bundle configs call as ``_target_``: backbone + weights -> injected network -> pretext."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch.nn as nn
+
+from tpp_components.networks.weights import load_backbone_weights
+from tpp_components.peft import get_method_class, inject, load_target_parameters, set_trainable
+from tpp_components.pretext.encoders import head_modules
+
+__all__ = ["build_network", "trainable_parameters", "INIT_CHOICES"]
+
+logger = logging.getLogger(__name__)
+
+#: the fine-tuning initialisation switch: TPP parameters, or the method's standard initialisation
+INIT_CHOICES = ("tpp", "standard")
+
+
+def build_network(
+    backbone: nn.Module,
+    peft: dict[str, Any] | None = None,
+    merged: bool = False,
+    backbone_weights: str | None = None,
+    key_map: str = "monai",
+    weights_prefix: str = "",
+    init: str = "standard",
+    target_parameters: str | None = None,
+    freeze_backbone: bool = True,
+) -> nn.Module:
+    """Assemble the network of one stage.
+
+    Args:
+        backbone: a MONAI ``ViT`` (classification), ``UNETR`` or ``SwinUNETR``.
+        peft: ``{"method": name, **options}``, or None for no PEFT (stage 0, linear probe).
+        merged: return the plain backbone when the method is mergeable; this is the
+            ``network_def`` that loads a merged ``models/model.pt`` with ``strict=True``.
+        backbone_weights: checkpoint loaded into the backbone before injection.
+        key_map: key map for ``backbone_weights`` (see :data:`tpp_components.networks.weights.KEY_MAPS`).
+        weights_prefix: prefix for the mapped keys (``"vit."`` for a ViT checkpoint into UNETR).
+        init: ``"tpp"`` loads ``target_parameters``; ``"standard"`` keeps the method's own initialisation.
+        target_parameters: TPP output (``.safetensors`` with its manifest), used when ``init="tpp"``.
+        freeze_backbone: without PEFT, train only the head (linear probe) instead of everything.
+
+    Example::
+
+        >>> vit = ViT(1, (64, 64), 8, spatial_dims=2, classification=True, num_classes=3, post_activation="none")
+        >>> net = build_network(vit, peft={"method": "lora", "r": 8}, init="standard")
+    """
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES}, got '{init}'.")
+    heads = head_modules(backbone)
+    if backbone_weights:
+        load_backbone_weights(backbone, backbone_weights, key_map=key_map, prefix=weights_prefix, allow_missing=heads)
+    if peft is None:
+        if init == "tpp":
+            raise ValueError("init='tpp' needs a PEFT method (peft is None).")
+        for name, param in backbone.named_parameters():
+            param.requires_grad_(not freeze_backbone or any(name.startswith(h + ".") for h in heads))
+        return backbone
+    options = dict(peft)
+    method = options.pop("method", None)
+    if method is None:
+        raise ValueError(f"peft configuration needs a 'method' key, got keys {sorted(peft)}.")
+    if merged and get_method_class(method).mergeable:
+        return backbone
+    network = inject(backbone, method, exclude_modules=heads, **options)
+    if init == "tpp":
+        if not target_parameters:
+            raise ValueError("init='tpp' needs the path of the TPP target parameters (target_parameters).")
+        load_target_parameters(network, target_parameters, head_modules=heads)
+        logger.info("initialised %s target parameters from %s", method, target_parameters)
+    set_trainable(network, heads)
+    return network
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters with ``requires_grad``: what an optimizer of a PEFT stage should hold."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no trainable parameter.")
+    return params
