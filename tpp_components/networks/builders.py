@@ -29,6 +29,7 @@ def build_network(
     init: str = "standard",
     target_parameters: str | None = None,
     freeze_backbone: bool = True,
+    train_head: bool = True,
 ) -> nn.Module:
     """Assemble the network of one stage.
 
@@ -43,6 +44,7 @@ def build_network(
         init: ``"tpp"`` loads ``target_parameters``; ``"standard"`` keeps the method's own initialisation.
         target_parameters: TPP output (``.safetensors`` with its manifest), used when ``init="tpp"``.
         freeze_backbone: without PEFT, train only the head (linear probe) instead of everything.
+        train_head: train the task head (False in pretext stages, where it is unused).
 
     Example::
 
@@ -58,7 +60,8 @@ def build_network(
         if init == "tpp":
             raise ValueError("init='tpp' needs a PEFT method (peft is None).")
         for name, param in backbone.named_parameters():
-            param.requires_grad_(not freeze_backbone or any(name.startswith(h + ".") for h in heads))
+            in_head = any(name.startswith(h + ".") for h in heads)
+            param.requires_grad_((in_head and train_head) or (not in_head and not freeze_backbone))
         return backbone
     options = dict(peft)
     method = options.pop("method", None)
@@ -72,7 +75,7 @@ def build_network(
             raise ValueError("init='tpp' needs the path of the TPP target parameters (target_parameters).")
         load_target_parameters(network, target_parameters, head_modules=heads)
         logger.info("initialised %s target parameters from %s", method, target_parameters)
-    set_trainable(network, heads)
+    set_trainable(network, heads if train_head else ())
     return network
 
 
