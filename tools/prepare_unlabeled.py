@@ -20,7 +20,7 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tpp_components.data.datalist import IMAGE_EXTENSIONS, _is_mask, load_datalist, write_datalist  # noqa: E402
+from tpp_components.data import IMAGE_EXTENSIONS, is_mask_file, load_datalist, write_datalist  # noqa: E402
 
 
 def main(output: str, folders: list[str] | tuple[str, ...] = (), datalists: list[str] | tuple[str, ...] = (),
@@ -31,7 +31,7 @@ def main(output: str, folders: list[str] | tuple[str, ...] = (), datalists: list
         root = Path(folder)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder '{root}' does not exist.")
-        paths.update(str(p.resolve()) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not _is_mask(p))
+        paths.update(str(p.resolve()) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not is_mask_file(p))
     for datalist in datalists:
         paths.update(str(Path(d["image"]).resolve()) for d in load_datalist(datalist)["training"])
     if not paths:

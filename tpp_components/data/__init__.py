@@ -1,12 +1,29 @@
-"""Datalists shared by the data-preparation tools."""
+"""Datalists shared by the data-preparation tools: scan class folders, split, validate, read and write."""
 
 from tpp_components.data.datalist import (
     CLASS_NAMES_BUSI,
+    IMAGE_EXTENSIONS,
     SPLITS,
     DatalistError,
+    build_datalist,
+    is_mask_file,
     load_datalist,
     scan_class_folders,
     stratified_split,
     validate_datalist,
     write_datalist,
 )
+
+__all__ = [
+    "CLASS_NAMES_BUSI",
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "DatalistError",
+    "build_datalist",
+    "is_mask_file",
+    "load_datalist",
+    "scan_class_folders",
+    "stratified_split",
+    "validate_datalist",
+    "write_datalist",
+]

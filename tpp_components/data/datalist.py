@@ -1,8 +1,9 @@
-"""MONAI datalists for class-per-folder image datasets: scan, split, validate, write.
+"""Build, split, check and store classification datalists (MONAI ``load_decathlon_datalist`` style).
 
-The format is MONAI's decathlon-style JSON (``monai.data.load_decathlon_datalist`` reads it)
-with ``training`` / ``validation`` / ``test`` lists of ``{"image": path, "label": int}`` plus
-``labels`` (index -> class name) and ``num_classes``.
+A datalist is a JSON object::
+
+    {"name": "busi", "labels": {"0": "normal", "1": "benign", "2": "malignant"}, "num_classes": 3,
+     "training": [{"image": "/abs/path.png", "label": 1}, ...], "validation": [...], "test": [...]}
 """
 
 from __future__ import annotations
@@ -10,142 +11,251 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
+from typing import Any
 
 from tpp_components.io import atomic_write_text
 
 __all__ = [
-    "CLASS_NAMES_BUSI",
-    "DatalistError",
-    "scan_class_folders",
-    "stratified_split",
-    "validate_datalist",
-    "write_datalist",
-    "load_datalist",
-    "SPLITS",
+    "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "SPLITS", "DatalistError", "build_datalist", "is_mask_file",
+    "load_datalist", "scan_class_folders", "stratified_split", "validate_datalist", "write_datalist",
 ]
 
-CLASS_NAMES_BUSI = ("normal", "benign", "malignant")
-SPLITS = ("training", "validation", "test")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: BUSI class names; the label index of a class is its position.
+CLASS_NAMES_BUSI: tuple[str, ...] = ("normal", "benign", "malignant")
+#: file name endings accepted as images by :func:`scan_class_folders`.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: split keys every datalist must have, in order.
+SPLITS: tuple[str, ...] = ("training", "validation", "test")
 
 
 class DatalistError(ValueError):
-    """A dataset folder or datalist has problems; the message lists every one of them."""
+    """A dataset folder or a datalist is malformed; the message lists every problem found."""
 
 
-def _is_mask(path: Path) -> bool:
-    stem = path.stem
+def _raise_problems(what: str, problems: Sequence[str]) -> None:
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise DatalistError(f"{what} has {len(problems)} problem(s):\n{lines}")
+
+
+def _strip_extension(name: str) -> str:
+    lower = name.lower()
+    for ext in (".nii.gz", *IMAGE_EXTENSIONS, ".nii"):
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def is_mask_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a segmentation mask stored beside its image (BUSI: ``x_mask.png``, ``x_mask_1.png``)."""
+    stem = _strip_extension(Path(path).name).lower()
     return stem.endswith("_mask") or "_mask_" in stem
+
+
 
 
 def scan_class_folders(
     root: str | os.PathLike, class_names: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
-) -> list[dict]:
-    """List the images of a one-folder-per-class dataset (masks beside the images are skipped).
+) -> list[dict[str, Any]]:
+    """List the images of a one-folder-per-class dataset.
+
+    Args:
+        root: folder holding one sub-folder per class, named as in ``class_names``.
+        class_names: class names; the label of a class is its index in this sequence.
+        extensions: accepted file name endings (case-insensitive).
 
     Returns:
-        ``[{"image": absolute path, "label": class index}]`` sorted by path.
+        ``[{"image": absolute path, "label": int}]`` sorted by path; mask files are skipped.
+
+    Raises:
+        DatalistError: ``root`` is missing, has sub-folders that are not classes, lacks a class
+            folder, or a class folder holds no image.
     """
-    root = Path(root)
+    root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise DatalistError(f"dataset folder '{root}' does not exist.")
-    folders = {p.name for p in root.iterdir() if p.is_dir()}
-    problems = [f"class folder '{root / c}' is missing" for c in class_names if c not in folders]
-    problems += [f"folder '{root / f}' is not a known class (expected {list(class_names)})" for f in sorted(folders - set(class_names))]
-    if problems:
-        raise DatalistError(f"{root}: " + "; ".join(problems))
-    items = []
+        raise DatalistError(f"dataset folder not found: {root}")
+    exts = tuple(e.lower() for e in extensions)
+    subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    problems = [
+        f"unexpected folder {name!r} in {root} (expected class folders: {list(class_names)})"
+        for name in sorted(subdirs - set(class_names))
+    ]
+    problems += [f"missing class folder {name!r} in {root}" for name in class_names if name not in subdirs]
+    _raise_problems(f"dataset folder {root}", problems)
+
+    items: list[dict[str, Any]] = []
     for label, name in enumerate(class_names):
-        for path in sorted((root / name).iterdir()):
-            if path.is_file() and path.suffix.lower() in extensions and not _is_mask(path):
-                items.append({"image": str(path.resolve()), "label": label})
-    return sorted(items, key=lambda d: d["image"])
+        files = [p for p in (root / name).iterdir() if p.is_file() and p.name.lower().endswith(exts)]
+        files = [p for p in files if not is_mask_file(p)]
+        if not files:
+            problems.append(f"class folder {root / name} holds no image ending in {list(exts)}")
+        items += [{"image": str(p), "label": label} for p in files]
+    _raise_problems(f"dataset folder {root}", problems)
+    return sorted(items, key=lambda item: item["image"])
 
 
-def stratified_split(items: list[dict], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict[str, list]:
-    """Split per class with a seeded shuffle; deterministic for a given ``seed``."""
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}.")
+def _split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
+    """Sizes of the training/validation/test parts of a class of ``n`` items."""
+    sizes = [0, round(n * fractions[1]), round(n * fractions[2])]
+    if n >= 3:  # every split with a positive fraction gets at least one item
+        sizes = [max(s, 1) if f > 0 else s for s, f in zip(sizes, fractions)]
+        while n - sizes[1] - sizes[2] < (1 if fractions[0] > 0 else 0):
+            sizes[1 if sizes[1] >= sizes[2] else 2] -= 1
+    sizes[0] = max(n - sizes[1] - sizes[2], 0)
+    return sizes
+
+
+def stratified_split(
+    items: Iterable[Mapping[str, Any]], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Split ``items`` into training/validation/test keeping the class proportions.
+
+    Each class is sorted by image path, shuffled with ``random.Random(seed)`` and cut by
+    ``fractions``. A class with at least 3 items appears in every split whose fraction is positive.
+
+    Args:
+        items: dicts with ``"image"`` and an integer ``"label"``.
+        fractions: training, validation and test fractions; must sum to 1.
+        seed: seed of the shuffle; the result depends only on it and the items.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``, each sorted by image path.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(fractions):g})")
+    by_label: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        by_label.setdefault(int(item["label"]), []).append(dict(item))
     rng = random.Random(seed)
-    out: dict[str, list] = {s: [] for s in SPLITS}
-    for label in sorted({d["label"] for d in items}):
-        group = sorted((d for d in items if d["label"] == label), key=lambda d: d["image"])
+    out: dict[str, list[dict[str, Any]]] = {key: [] for key in SPLITS}
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda item: str(item["image"]))
         rng.shuffle(group)
-        n_val = max(1, round(fractions[1] * len(group))) if len(group) >= 3 else 0
-        n_test = max(1, round(fractions[2] * len(group))) if len(group) >= 3 else 0
-        out["validation"] += group[:n_val]
-        out["test"] += group[n_val : n_val + n_test]
-        out["training"] += group[n_val + n_test :]
-    return {s: sorted(v, key=lambda d: d["image"]) for s, v in out.items()}
+        start = 0
+        for key, size in zip(SPLITS, _split_sizes(len(group), fractions)):
+            out[key] += group[start : start + size]
+            start += size
+    return {key: sorted(part, key=lambda item: str(item["image"])) for key, part in out.items()}
 
 
-def _check_image(path: Path) -> str | None:
+def build_datalist(
+    splits: Mapping[str, Sequence[Mapping[str, Any]]], class_names: Sequence[str], name: str = "dataset"
+) -> dict[str, Any]:
+    """Wrap the output of :func:`stratified_split` in the datalist format (with the label names)."""
+    datalist: dict[str, Any] = {
+        "name": name,
+        "labels": {str(i): c for i, c in enumerate(class_names)},
+        "num_classes": len(class_names),
+    }
+    datalist.update({key: [dict(item) for item in splits.get(key, [])] for key in SPLITS})
+    return datalist
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image, or None when it can."""
     try:
-        if path.name.endswith((".nii", ".nii.gz")):
+        if path.name.lower().endswith((".nii", ".nii.gz")):
             import nibabel
 
-            nibabel.load(str(path)).header  # noqa: B018
+            nibabel.load(str(path)).header.get_data_shape()
         else:
             from PIL import Image
 
-            with Image.open(path) as image:
-                image.verify()
-    except Exception as e:  # any decoder error means unreadable
+            with Image.open(path) as img:
+                img.verify()
+    except Exception as e:  # any reader error means the file is unusable
         return f"{type(e).__name__}: {e}"
     return None
 
 
 def validate_datalist(
-    datalist: dict, class_names: Sequence[str], base_dir: str | os.PathLike | None = None, check_images: bool = True
+    datalist: Mapping[str, Any],
+    class_names: Sequence[str],
+    base_dir: str | os.PathLike | None = None,
+    check_images: bool = True,
 ) -> None:
-    """Check a datalist; raise one :class:`DatalistError` listing every problem by split, index and file.
+    """Check a datalist and raise one :class:`DatalistError` listing every problem.
 
-    Checks: split keys present, ``image`` key present, file exists and is readable, label an
-    integer class index, no image listed twice (within or across splits).
+    Checks: the split keys exist and are lists; every entry has an ``"image"`` that exists (and,
+    with ``check_images``, can be read) and an integer ``"label"`` in ``range(len(class_names))``;
+    no image appears twice across all splits; ``"labels"``/``"num_classes"``, when present, agree
+    with ``class_names``.
+
+    Args:
+        datalist: the datalist dict.
+        class_names: expected class names, in label order.
+        base_dir: folder relative image paths are resolved against (default: current directory).
+        check_images: also open every image (PIL ``verify``; nibabel header for NIfTI).
     """
-    problems, seen = [], {}
-    base = Path(base_dir) if base_dir else Path.cwd()
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    valid = f"0..{len(class_names) - 1} ({', '.join(class_names)})"
+    problems: list[str] = []
+    if not isinstance(datalist, Mapping):
+        raise DatalistError(f"datalist must be a JSON object, got {type(datalist).__name__}")
+    expected = {str(i): c for i, c in enumerate(class_names)}
+    if "labels" in datalist and dict(datalist["labels"]) != expected:
+        problems.append(f"'labels' is {datalist['labels']}, expected {expected}")
+    if "num_classes" in datalist and datalist["num_classes"] != len(class_names):
+        problems.append(f"'num_classes' is {datalist['num_classes']!r}, expected {len(class_names)}")
+    seen: dict[Path, str] = {}
     for split in SPLITS:
         if split not in datalist:
-            problems.append(f"split '{split}' is missing (keys: {sorted(datalist)})")
+            problems.append(f"required split {split!r} is missing")
             continue
-        for index, item in enumerate(datalist[split]):
+        if not isinstance(datalist[split], list):
+            problems.append(f"split {split!r} must be a list, got {type(datalist[split]).__name__}")
+            continue
+        for index, entry in enumerate(datalist[split]):
             where = f"{split}[{index}]"
-            if not isinstance(item, dict) or "image" not in item:
-                problems.append(f"{where}: no 'image' key in {item!r}")
+            if not isinstance(entry, Mapping) or "image" not in entry:
+                problems.append(f"{where}: entry has no 'image' key: {entry!r}")
                 continue
-            path = Path(item["image"])
-            path = path if path.is_absolute() else base / path
-            label = item.get("label")
-            if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(class_names):
-                problems.append(f"{where} '{path}': label {label!r} is not a class index 0..{len(class_names) - 1} {list(class_names)}")
-            key = str(path.resolve())
-            if key in seen:
-                problems.append(f"{where} '{path}': duplicate of {seen[key]}")
-            seen.setdefault(key, where)
+            image = entry["image"]
+            label = entry.get("label")
+            if not isinstance(label, Integral) or isinstance(label, bool) or not 0 <= label < len(class_names):
+                problems.append(f"{where} ({image}): label {label!r} is not a known class, valid labels are {valid}")
+            if not isinstance(image, (str, os.PathLike)):
+                problems.append(f"{where}: 'image' must be a path, got {image!r}")
+                continue
+            path = Path(image) if Path(image).is_absolute() else base / image
+            path = path.resolve()
+            if path in seen:
+                problems.append(f"{where}: duplicate entry {path} (already listed at {seen[path]})")
+            else:
+                seen[path] = where
             if not path.is_file():
-                problems.append(f"{where} '{path}': file not found")
-            elif check_images and (error := _check_image(path)):
-                problems.append(f"{where} '{path}': unreadable image ({error})")
-    if problems:
-        raise DatalistError(f"{len(problems)} problem(s) in the datalist:\n  " + "\n  ".join(problems))
+                problems.append(f"{where}: image file not found: {path}")
+            elif check_images and (reason := _image_problem(path)) is not None:
+                problems.append(f"{where}: unreadable image {path}: {reason}")
+    _raise_problems("datalist", problems)
 
 
-def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
-    """Write ``datalist`` as 4-space-indented JSON, atomically."""
+def write_datalist(datalist: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``datalist`` as indented JSON, atomically (temporary file beside ``path``, then ``os.replace``)."""
     path = Path(path)
     atomic_write_text(path, json.dumps(datalist, indent=4) + "\n")
     return path
 
 
-def load_datalist(path: str | os.PathLike) -> dict:
-    """Read a datalist JSON, naming the file on any error."""
+def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a datalist JSON file.
+
+    Raises:
+        DatalistError: the file is missing, is not valid JSON, or is not a JSON object.
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DatalistError(f"datalist '{path}' does not exist.") from None
-    except json.JSONDecodeError as e:
-        raise DatalistError(f"datalist '{path}' is not valid JSON: {e}") from e
+        raise DatalistError(f"datalist file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatalistError(f"datalist file {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise DatalistError(f"datalist file {path} must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -1,0 +1,23 @@
+"""Shared fixtures: paths to the real datasets (skip when absent) and a small demo dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data"))
+SCHEMA = Path(os.environ.get("TPP_SCHEMA", ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def require_data(name: str) -> Path:
+    """The real dataset folder ``name`` under ``TPP_DATA_DIR``, or skip with the reason."""
+    path = DATA_DIR / name
+    if not path.exists():
+        pytest.skip(f"real dataset '{path}' not found (set TPP_DATA_DIR to the folder holding '{name}')")
+    return path
