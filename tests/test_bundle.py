@@ -1,0 +1,169 @@
+"""The breast-ultrasound bundle end to end through ConfigWorkflow, on synthetic and real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from bundle_utils import BUNDLE, CONFIGS, run, stage_overrides, workflow
+from conftest import SCHEMA, require_data
+from tools.make_demo_data import make_demo_dataset
+from tools.prepare_busi import main as prepare_busi
+from tpp_components.data import load_datalist, write_datalist
+from tpp_components.peft import read_manifest
+
+
+@pytest.fixture(scope="module")
+def demo_datalist(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("demo")
+    data = make_demo_dataset(tmp / "data", num_per_class=10, image_size=64, seed=0)
+    return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
+
+
+@pytest.mark.parametrize(
+    "configs,workflow_type",
+    [(["pretrain.json"], "train"), (["tpp.json"], "train"), (["train.json"], "train"),
+     (["train.json", "evaluate.json"], "train"), (["inference.json"], "infer")],
+)
+def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
+    overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(tmp_path)}
+    if configs[0] in ("tpp.json", "train.json"):
+        overrides["backbone_weights"] = None  # properties only: no stage-0 file needed
+    wf = workflow(configs, workflow_type=workflow_type, **overrides)
+    assert not wf.check_properties()
+
+
+def _pipeline(tmp: Path, datalist: str, peft: dict | None = None) -> dict:
+    """Stage 0 -> TPP -> train (init tpp) -> evaluate -> inference, one epoch each."""
+    common = stage_overrides(tmp, datalist)
+    if peft is not None:
+        common["peft"] = peft
+    pre = {k: v for k, v in common.items() if k != "peft"}
+    run(["pretrain.json"], output_dir=str(tmp / "logs" / "pretrain"), **pre)
+    tpp = run(["tpp.json"], output_dir=str(tmp / "logs" / "tpp"), **common)
+    train = run(["train.json"], output_dir=str(tmp / "logs" / "train"), init="tpp", **common)
+    run(["train.json", "evaluate.json"], output_dir=str(tmp / "eval"), **common)
+    images = tmp / "images"
+    images.mkdir()
+    for item in load_datalist(datalist)["test"][:3]:
+        (images / Path(item["image"]).name).write_bytes(Path(item["image"]).read_bytes())
+    infer_overrides = {"input_dir": str(images), "output_dir": str(tmp / "pred"), "ckpt_dir": str(tmp / "models")}
+    if peft is not None:
+        infer_overrides["peft"] = peft
+    run(["inference.json"], workflow_type="infer", **infer_overrides)
+    return {"tpp": tpp, "train": train}
+
+
+def _check_outputs(tmp: Path, num_images: int = 3) -> None:
+    models = tmp / "models"
+    for name in ("backbone.pt", "tpp_target_parameters.safetensors", "tpp_target_parameters.json",
+                 "model.pt", "target_parameters.safetensors", "target_parameters.json"):
+        assert (models / name).is_file(), name
+    report = json.loads((tmp / "eval" / "classification_report.json").read_text())
+    assert set(report["per_class"]) == {"normal", "benign", "malignant"}
+    assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["macro_auc"] <= 1.0
+    rows = (tmp / "pred" / "predictions.csv").read_text().strip().splitlines()
+    assert len(rows) == num_images and all(len(r.split(",")) == 4 for r in rows)
+    # TPP and fine-tuning saw the same frozen backbone
+    assert read_manifest(models / "tpp_target_parameters.safetensors")["backbone"]["fingerprint"] == \
+        read_manifest(models / "target_parameters.safetensors")["backbone"]["fingerprint"]
+
+
+def _strict_load_into_network_def(tmp: Path, peft: dict | None) -> torch.nn.Module:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    if peft is not None:
+        parser["peft"] = peft
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(tmp / "models" / "model.pt", weights_only=True), strict=True)
+    return net
+
+
+def test_pipeline_lora_on_synthetic_data(demo_datalist, tmp_path):
+    _pipeline(tmp_path, demo_datalist)
+    _check_outputs(tmp_path)
+    net = _strict_load_into_network_def(tmp_path, None)
+    assert type(net).__name__ == "ViTClassifier"  # merged: plain network, no LoRA module left
+    assert not any("lora" in k for k in net.state_dict())
+    # the frozen backbone went through TPP and fine-tuning bit-identical: untouched tensors of
+    # the merged model equal stage 0's
+    backbone = torch.load(tmp_path / "models" / "backbone.pt", weights_only=True)
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    untouched = [k for k in backbone if ".attn." not in k]
+    assert untouched and all(torch.equal(backbone[k], model[k]) for k in untouched)
+    changed = [k for k in backbone if ".attn.qkv.weight" in k and not torch.equal(backbone[k], model[k])]
+    assert changed, "the merged LoRA update did not reach the qkv weights"
+
+
+def test_pipeline_adapter_saves_rebuildable_model(demo_datalist, tmp_path):
+    peft = {"method": "adapter", "bottleneck": 8}
+    _pipeline(tmp_path, demo_datalist, peft)
+    _check_outputs(tmp_path)
+    net = _strict_load_into_network_def(tmp_path, peft)
+    assert any(".adapter." in k for k in net.state_dict())
+
+
+def test_init_switch_changes_only_the_target_parameters(demo_datalist, tmp_path):
+    common = stage_overrides(tmp_path, demo_datalist)
+    run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
+    run(["tpp.json"], output_dir=str(tmp_path / "tpp"), **common)
+    nets = {}
+    for init in ("tpp", "standard"):
+        nets[init] = workflow(["train.json"], init=init, **common).parser.get_parsed_content("network")
+    tpp_state, std_state = nets["tpp"].state_dict(), nets["standard"].state_dict()
+    assert tpp_state.keys() == std_state.keys()
+    differ = {k for k in tpp_state if not torch.equal(tpp_state[k], std_state[k])}
+    assert differ and all(".lora_" in k for k in differ), sorted(differ)
+    assert all(not std_state[k].any() for k in std_state if ".lora_B." in k)  # LoRA's standard init: B = 0
+
+
+def test_tpp_resumes_from_its_checkpoint(demo_datalist, tmp_path):
+    common = stage_overrides(tmp_path, demo_datalist)
+    run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
+    logs = str(tmp_path / "tpp")
+    first = run(["tpp.json"], output_dir=logs, **common)
+    iters = first.parser.get_parsed_content("train#trainer").state.iteration
+    resumed = run(["tpp.json"], output_dir=logs, resume=True, **{**common, "num_epochs": 2})
+    state = resumed.parser.get_parsed_content("train#trainer").state
+    assert state.epoch == 2 and state.iteration == 2 * iters
+    assert (tmp_path / "tpp" / "tpp_checkpoint_epoch=2.pt").is_file()
+
+
+def test_bad_target_parameters_are_refused(demo_datalist, tmp_path):
+    common = stage_overrides(tmp_path, demo_datalist)
+    run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
+    run(["tpp.json"], output_dir=str(tmp_path / "tpp"), **common)
+    with pytest.raises(Exception, match="r: saved 8 vs network 4"):
+        workflow(["train.json"], init="tpp", peft={"method": "lora", "r": 4, "alpha": 16, "target_modules": "attention"},
+                 **common).parser.get_parsed_content("network")
+
+
+def test_metadata_verifies_against_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"metadata schema '{SCHEMA}' not found (set TPP_SCHEMA)")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), device="cpu", bundle_root=str(BUNDLE))
+
+
+def test_pipeline_on_real_busi(tmp_path):
+    busi = require_data("busi_classification")
+    full = load_datalist(prepare_busi(data_dir=str(busi), output=str(tmp_path / "full.json"), seed=0))
+    # a stratified slice of the real split keeps the test to seconds
+    small = {**full, **{s: [d for c in range(3) for d in [x for x in full[s] if x["label"] == c][:n]]
+                        for s, n in (("training", 8), ("validation", 3), ("test", 3))}}
+    datalist = str(write_datalist(small, tmp_path / "busi_small.json"))
+    _pipeline(tmp_path / "run", datalist)
+    _check_outputs(tmp_path / "run")

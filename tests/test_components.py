@@ -1,0 +1,84 @@
+"""Atomic writes, the classification metrics and the pretext modules' contracts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cases import make_backbone
+from tpp_components.handlers.classification_report import classification_metrics
+from tpp_components.io import atomic_path
+from tpp_components.networks import build_network
+from tpp_components.peft import TargetParameterError, load_target_parameters, save_target_parameters
+from tpp_components.pretext import MaskedAutoencoder, SimMIM
+from tpp_components.pretext.patches import patchify
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_manifest_problems_are_named(tmp_path):
+    net = build_network(make_backbone("vit", 2), peft={"method": "lora", "r": 2})
+    path = save_target_parameters(net, tmp_path / "tp.safetensors")
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(TargetParameterError, match="tp.json' is not valid JSON"):
+        load_target_parameters(net, path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(TargetParameterError, match="no manifest"):
+        load_target_parameters(net, path)
+    with pytest.raises(ValueError, match="safetensors"):
+        save_target_parameters(net, tmp_path / "tp.pt")
+
+
+def test_classification_metrics_known_values():
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    labels = torch.tensor([0, 1, 2, 2])
+    report = classification_metrics(probs, labels, ["a", "b", "c"])
+    assert report["accuracy"] == pytest.approx(0.75)
+    assert report["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert report["majority_rate"] == pytest.approx(0.5)
+    assert report["per_class"]["c"]["recall"] == pytest.approx(0.5)
+    assert report["per_class"]["a"]["precision"] == pytest.approx(0.5)
+    assert report["per_class"]["b"]["auc"] == pytest.approx(1.0)
+    json.dumps(report)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_patchify_matches_conv_patch_embedding_order(dims):
+    vit = make_backbone("vit", dims)
+    x = torch.rand(1, 1, *(32,) * dims)
+    conv = vit.patch_embedding.patch_embeddings
+    with torch.no_grad():
+        tokens = conv(x).flatten(2).transpose(1, 2)
+        flat_weight = conv.weight.reshape(conv.weight.shape[0], -1)  # (hidden, c * p^d) in (c, p...) order
+        by_hand = patchify(x, 8) @ flat_weight.T + conv.bias  # in_channels = 1, so (p..., c) == (c, p...)
+    assert torch.allclose(tokens, by_hand, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,dims", [("vit", 2), ("unetr", 3), ("swinunetr", 2)])
+def test_pretext_losses_decrease_on_a_fixed_batch(kind, dims):
+    torch.manual_seed(0)
+    net = make_backbone(kind, dims)
+    size = 64 if kind == "swinunetr" else 32
+    pretext = MaskedAutoencoder(net, decoder_hidden=16, decoder_layers=1, decoder_heads=2) if kind != "swinunetr" else SimMIM(net, dims, 1)
+    x = torch.rand(2, 1, *(size,) * dims)
+    opt = torch.optim.Adam(pretext.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(1)  # same masks every step: the loss must go down
+        loss = pretext(x)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
