@@ -31,4 +31,10 @@ class ViTClassifier(ViT):
         super().__init__(post_activation=post_activation, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x)[0]
+        # ViT.forward spelled out (TorchScript cannot script a call to super().forward), so that
+        # ``monai.bundle ckpt_export`` can script the merged network
+        x = self.patch_embedding(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.classification_head(self.norm(x)[:, 0])
