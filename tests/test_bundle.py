@@ -14,7 +14,7 @@ from conftest import SCHEMA, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tpp_components.data import load_datalist, write_datalist
-from tpp_components.peft import read_manifest
+from tpp_components.peft import TargetParameterError, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def demo_datalist(tmp_path_factory) -> str:
 def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
     overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(tmp_path)}
     if configs[0] in ("tpp.json", "train.json"):
-        overrides["backbone_weights"] = None  # properties only: no stage-0 file needed
+        overrides.update(backbone_weights=None, init="standard")  # properties only: no stage-0 / TPP file needed
     wf = workflow(configs, workflow_type=workflow_type, **overrides)
     assert not wf.check_properties()
 
@@ -146,9 +146,12 @@ def test_bad_target_parameters_are_refused(demo_datalist, tmp_path):
     common = stage_overrides(tmp_path, demo_datalist)
     run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
     run(["tpp.json"], output_dir=str(tmp_path / "tpp"), **common)
-    with pytest.raises(Exception, match="r: saved 8 vs network 4"):
+    with pytest.raises(RuntimeError) as err:
         workflow(["train.json"], init="tpp", peft={"method": "lora", "r": 4, "alpha": 16, "target_modules": "attention"},
                  **common).parser.get_parsed_content("network")
+    # MONAI wraps the component's error: the cause names the file and the differing value
+    assert isinstance(err.value.__cause__, TargetParameterError)
+    assert "r: saved 8 vs network 4" in str(err.value.__cause__)
 
 
 def test_metadata_verifies_against_schema():

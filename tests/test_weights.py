@@ -38,8 +38,11 @@ def test_timm_layout_loads_into_monai_vit(dims, tmp_path):
 
 
 def test_vit_checkpoint_into_unetr_with_prefix(tmp_path):
-    vit = make_backbone("vit", 2, seed=1)
-    state = {k: v for k, v in vit.state_dict().items() if not k.startswith(("classification_head", "cls_token"))}
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(1)  # UNETR's encoder: 12 blocks, patch 16, no class token
+    vit = ViT(1, (32, 32), 16, hidden_size=32, mlp_dim=64, num_layers=12, num_heads=2, spatial_dims=2, qkv_bias=True)
+    state = vit.state_dict()
     torch.save({"state_dict": state}, tmp_path / "vit.pt")
     unetr = make_backbone("unetr", 2)
     heads = [n for n, _ in unetr.named_children() if n != "vit"]

@@ -27,3 +27,4 @@ __all__ = [
     "validate_datalist",
     "write_datalist",
 ]
+from tpp_components.data.class_weights import class_weights
