@@ -82,3 +82,12 @@ def test_pretext_losses_decrease_on_a_fixed_batch(kind, dims):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_class_weights_inverse_frequency_and_empty_class():
+    from tpp_components.data import class_weights
+
+    weights = class_weights([{"label": 0}] * 6 + [{"label": 1}] * 2 + [{"label": 2}] * 4, 3)
+    assert torch.allclose(weights, torch.tensor([12 / 18, 12 / 6, 12 / 12]))
+    with pytest.raises(ValueError, match=r"class\(es\) \[1\] have no training item"):
+        class_weights([{"label": 0}, {"label": 2}], 3)

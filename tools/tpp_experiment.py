@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -164,6 +165,8 @@ def run(
             print(f"seed {seed} {method}/{init}: " + " ".join(f"{m} {report[m]:.3f}" for m in METRICS)
                   + f" (train {seconds['train']:.0f} s)", flush=True)
     summary, table = summarise(runs)
+    # Linux reports ru_maxrss in KiB: the largest resident set of any finished stage
+    timings["peak_rss_mib_any_stage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result = {"runs": runs, "summary": summary, "timings": timings, "settings": {
         "datalist": datalist, "methods": list(methods), "seeds": list(seeds), "backbone": backbone,
         "pretrain_epochs": pretrain_epochs, "tpp_epochs": tpp_epochs, "train_epochs": train_epochs}}
@@ -171,6 +174,7 @@ def run(
     (work / "results.json").write_text(json.dumps(result, indent=4))
     (work / "results.md").write_text(table + "\n")
     print(table)
+    print(f"peak memory of any stage: {timings['peak_rss_mib_any_stage']:.0f} MiB")
     return result
 
 

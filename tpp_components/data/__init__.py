@@ -1,5 +1,6 @@
 """Datalists shared by the data-preparation tools: scan class folders, split, validate, read and write."""
 
+from tpp_components.data.class_weights import class_weights
 from tpp_components.data.datalist import (
     CLASS_NAMES_BUSI,
     IMAGE_EXTENSIONS,
@@ -15,6 +16,7 @@ from tpp_components.data.datalist import (
 )
 
 __all__ = [
+    "class_weights",
     "CLASS_NAMES_BUSI",
     "IMAGE_EXTENSIONS",
     "SPLITS",
@@ -27,4 +29,3 @@ __all__ = [
     "validate_datalist",
     "write_datalist",
 ]
-from tpp_components.data.class_weights import class_weights
