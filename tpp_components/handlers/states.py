@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from tpp_components.peft import get_peft_method, merge, unwrap
+from tpp_components.peft import get_peft_method, is_under, merge, unwrap
 from tpp_components.peft.inject import PEFT_ATTRIBUTE
 
 __all__ = ["TrainableState", "DeployableState", "BackboneState"]
@@ -69,7 +69,7 @@ class BackboneState:
         return {
             k: v.detach().clone()
             for k, v in unwrap(self.network).state_dict().items()
-            if not any(k.startswith(h + ".") for h in self.head_modules)
+            if not is_under(k, self.head_modules)
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from tpp_components.networks.weights import load_backbone_weights
-from tpp_components.peft import get_method_class, inject, load_target_parameters, set_trainable
+from tpp_components.peft import get_method_class, is_under, inject, load_target_parameters, set_trainable
 from tpp_components.pretext.encoders import head_modules
 
 __all__ = ["build_network", "trainable_parameters", "INIT_CHOICES"]
@@ -60,7 +60,7 @@ def build_network(
         if init == "tpp":
             raise ValueError("init='tpp' needs a PEFT method (peft is None).")
         for name, param in backbone.named_parameters():
-            in_head = any(name.startswith(h + ".") for h in heads)
+            in_head = is_under(name, heads)
             param.requires_grad_((in_head and train_head) or (not in_head and not freeze_backbone))
         return backbone
     options = dict(peft)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from tpp_components.peft.base import is_under
+
 __all__ = ["KEY_MAPS", "load_backbone_weights", "read_state_dict", "WeightsError"]
 
 logger = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ def load_backbone_weights(
         mapped[pos] = mapped[pos][:, 1:]
     unexpected = sorted(set(mapped) - set(target))
     missing = sorted(set(target) - set(mapped))
-    allowed = [k for k in missing if any(k == p or k.startswith(p + ".") for p in allow_missing)]
+    allowed = [k for k in missing if is_under(k, allow_missing)]
     missing = [k for k in missing if k not in allowed]
     shapes = [f"{k}: file {tuple(mapped[k].shape)} vs network {tuple(target[k].shape)}" for k in mapped if k in target and mapped[k].shape != target[k].shape]
     if unexpected or missing or shapes:

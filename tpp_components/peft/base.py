@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch.nn as nn
 
-__all__ = ["PeftMethod", "PeftMethodConfig", "InjectionError", "match_modules"]
+__all__ = ["PeftMethod", "PeftMethodConfig", "InjectionError", "match_modules", "is_under"]
 
 
 class InjectionError(ValueError):
@@ -57,7 +58,7 @@ def match_modules(
     pattern = resolve_target_modules(target_modules)
     names = []
     for name, module in network.named_modules():
-        if not name or not isinstance(module, types) or _under(name, exclude):
+        if not name or not isinstance(module, types) or is_under(name, exclude):
             continue
         if isinstance(pattern, str):
             hit = re.fullmatch(pattern, name) is not None
@@ -68,7 +69,8 @@ def match_modules(
     return names
 
 
-def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+def is_under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether module or parameter ``name`` is one of ``prefixes`` or lies inside one of them."""
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from tpp_components.io import atomic_path, atomic_write_text
+from tpp_components.peft.base import is_under
 from tpp_components.peft.inject import get_peft_method, unwrap
 
 __all__ = [
@@ -47,10 +48,6 @@ def target_parameters(network: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in network.named_parameters() if n in names}
 
 
-def _under(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def backbone_parameters(network: nn.Module, head_modules: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """The frozen backbone: every parameter and buffer except target parameters and the task head.
 
@@ -61,7 +58,7 @@ def backbone_parameters(network: nn.Module, head_modules: Sequence[str] = ()) ->
     targets = set(method.target_names)
     out = {}
     for name, tensor in list(network.named_parameters()) + list(network.named_buffers()):
-        if name in targets or _under(name, head_modules):
+        if name in targets or is_under(name, head_modules):
             continue
         out[method.canonical_name(name)] = tensor
     return out
@@ -87,7 +84,7 @@ def set_trainable(network: nn.Module, trainable_modules: Sequence[str] = ()) -> 
     targets = set(get_peft_method(network).target_names)
     names = []
     for name, param in network.named_parameters():
-        param.requires_grad_(name in targets or _under(name, trainable_modules))
+        param.requires_grad_(name in targets or is_under(name, trainable_modules))
         if param.requires_grad:
             names.append(name)
     return names
