@@ -11,6 +11,12 @@ from conftest import ROOT
 BUNDLE = ROOT / "bundles" / "breast_us_classification"
 CONFIGS = BUNDLE / "configs"
 
+#: the stages as ``monai.bundle run`` merges them: train.json is complete, the others override it
+TRAIN = ["train.json"]
+PRETRAIN = ["train.json", "pretrain.json"]
+TPP = ["train.json", "tpp.json"]
+EVALUATE = ["train.json", "evaluate.json"]
+
 
 def workflow(configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
     """An initialised workflow of the bundle's ``configs`` (merged left to right) with ``overrides``."""

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data"))
 SCHEMA = Path(os.environ.get("TPP_SCHEMA", ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS wins, so that the suite can share the cores with a benchmark running beside it
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 def require_data(name: str) -> Path:

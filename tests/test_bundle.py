@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import BUNDLE, CONFIGS, run, stage_overrides, workflow
+from bundle_utils import BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, run, stage_overrides, workflow
 from conftest import SCHEMA, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
@@ -26,13 +26,15 @@ def demo_datalist(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize(
     "configs,workflow_type",
-    [(["pretrain.json"], "train"), (["tpp.json"], "train"), (["train.json"], "train"),
-     (["train.json", "evaluate.json"], "train"), (["inference.json"], "infer")],
+    [(PRETRAIN, "train"), (TPP, "train"), (TRAIN, "train"), (EVALUATE, "train"), (["inference.json"], "infer")],
 )
 def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
+    image = Path(load_datalist(demo_datalist)["test"][0]["image"])
+    (tmp_path / image.name).write_bytes(image.read_bytes())
     overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(tmp_path)}
-    if configs[0] in ("tpp.json", "train.json"):
-        overrides.update(backbone_weights=None, init="standard")  # properties only: no stage-0 / TPP file needed
+    if configs in (TPP, TRAIN):
+        # properties only: no stage-0 / TPP file needed
+        overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
     wf = workflow(configs, workflow_type=workflow_type, **overrides)
     assert not wf.check_properties()
 
@@ -43,10 +45,10 @@ def _pipeline(tmp: Path, datalist: str, peft: dict | None = None) -> dict:
     if peft is not None:
         common["peft"] = peft
     pre = {k: v for k, v in common.items() if k != "peft"}
-    run(["pretrain.json"], output_dir=str(tmp / "logs" / "pretrain"), **pre)
-    tpp = run(["tpp.json"], output_dir=str(tmp / "logs" / "tpp"), **common)
-    train = run(["train.json"], output_dir=str(tmp / "logs" / "train"), init="tpp", **common)
-    run(["train.json", "evaluate.json"], output_dir=str(tmp / "eval"), **common)
+    run(PRETRAIN, output_dir=str(tmp / "logs" / "pretrain"), **pre)
+    tpp = run(TPP, output_dir=str(tmp / "logs" / "tpp"), **common)
+    train = run(TRAIN, output_dir=str(tmp / "logs" / "train"), init="tpp", **common)
+    run(EVALUATE, output_dir=str(tmp / "eval"), **common)
     images = tmp / "images"
     images.mkdir()
     for item in load_datalist(datalist)["test"][:3]:
@@ -118,11 +120,11 @@ def test_pipeline_adapter_saves_rebuildable_model(demo_datalist, tmp_path):
 
 def test_init_switch_changes_only_the_target_parameters(demo_datalist, tmp_path):
     common = stage_overrides(tmp_path, demo_datalist)
-    run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
-    run(["tpp.json"], output_dir=str(tmp_path / "tpp"), **common)
+    run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
+    run(TPP, output_dir=str(tmp_path / "tpp"), **common)
     nets = {}
     for init in ("tpp", "standard"):
-        nets[init] = workflow(["train.json"], init=init, **common).parser.get_parsed_content("network")
+        nets[init] = workflow(TRAIN, init=init, **common).parser.get_parsed_content("network")
     tpp_state, std_state = nets["tpp"].state_dict(), nets["standard"].state_dict()
     assert tpp_state.keys() == std_state.keys()
     differ = {k for k in tpp_state if not torch.equal(tpp_state[k], std_state[k])}
@@ -132,11 +134,11 @@ def test_init_switch_changes_only_the_target_parameters(demo_datalist, tmp_path)
 
 def test_tpp_resumes_from_its_checkpoint(demo_datalist, tmp_path):
     common = stage_overrides(tmp_path, demo_datalist)
-    run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
+    run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
     logs = str(tmp_path / "tpp")
-    first = run(["tpp.json"], output_dir=logs, **common)
+    first = run(TPP, output_dir=logs, **common)
     iters = first.parser.get_parsed_content("train#trainer").state.iteration
-    resumed = run(["tpp.json"], output_dir=logs, resume=True, **{**common, "num_epochs": 2})
+    resumed = run(TPP, output_dir=logs, resume=True, **{**common, "num_epochs": 2})
     state = resumed.parser.get_parsed_content("train#trainer").state
     assert state.epoch == 2 and state.iteration == 2 * iters
     assert (tmp_path / "tpp" / "tpp_checkpoint_epoch=2.pt").is_file()
@@ -144,10 +146,10 @@ def test_tpp_resumes_from_its_checkpoint(demo_datalist, tmp_path):
 
 def test_bad_target_parameters_are_refused(demo_datalist, tmp_path):
     common = stage_overrides(tmp_path, demo_datalist)
-    run(["pretrain.json"], output_dir=str(tmp_path / "pre"), **common)
-    run(["tpp.json"], output_dir=str(tmp_path / "tpp"), **common)
+    run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
+    run(TPP, output_dir=str(tmp_path / "tpp"), **common)
     with pytest.raises(RuntimeError) as err:
-        workflow(["train.json"], init="tpp", peft={"method": "lora", "r": 4, "alpha": 16, "target_modules": "attention"},
+        workflow(TRAIN, init="tpp", peft={"method": "lora", "r": 4, "alpha": 16, "target_modules": "attention"},
                  **common).parser.get_parsed_content("network")
     # MONAI wraps the component's error: the cause names the file and the differing value
     assert isinstance(err.value.__cause__, TargetParameterError)

@@ -1,6 +1,7 @@
 """Datalists shared by the data-preparation tools: scan class folders, split, validate, read and write."""
 
 from tpp_components.data.class_weights import class_weights
+from tpp_components.data.image_folder import image_datalist
 from tpp_components.data.datalist import (
     CLASS_NAMES_BUSI,
     IMAGE_EXTENSIONS,
@@ -17,6 +18,7 @@ from tpp_components.data.datalist import (
 
 __all__ = [
     "class_weights",
+    "image_datalist",
     "CLASS_NAMES_BUSI",
     "IMAGE_EXTENSIONS",
     "SPLITS",

@@ -16,7 +16,18 @@ from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["PretextTrainer", "PretextEvaluator", "PretextLoss", "pretext_loss", "lower_is_better"]
+__all__ = [
+    "PretextTrainer", "PretextEvaluator", "PretextLoss", "pretext_loss", "lower_is_better",
+    "PRETEXT_KEY_METRIC", "PRETEXT_NEGATIVE_SIGN",
+]
+
+#: the key metric of every pretext evaluation: the held-out pretext loss
+PRETEXT_KEY_METRIC = "val_pretext_loss"
+#: lower pretext loss is better. This is the one place that says so: the evaluator's comparison
+#: (which sets ``best_metric_epoch``, followed by ``TargetParametersSaver``) and every
+#: ``CheckpointSaver(key_metric_negative_sign=...)`` keyed on the pretext loss read it, because
+#: ignite keeps the checkpoint with the *highest* score.
+PRETEXT_NEGATIVE_SIGN = True
 
 
 def pretext_loss(pred: dict[str, torch.Tensor], target: Any = None) -> torch.Tensor:
@@ -27,8 +38,8 @@ def pretext_loss(pred: dict[str, torch.Tensor], target: Any = None) -> torch.Ten
 
 
 def lower_is_better(current: float, best: float) -> bool:
-    """``metric_cmp_fn`` for losses (MONAI's default keeps the largest value)."""
-    return current < best
+    """``metric_cmp_fn`` for the pretext loss (MONAI's default keeps the largest value)."""
+    return current < best if PRETEXT_NEGATIVE_SIGN else current > best
 
 
 class PretextLoss(Average):
@@ -71,7 +82,7 @@ class PretextEvaluator(SupervisedEvaluator):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            key_val_metric=key_val_metric or {"val_pretext_loss": PretextLoss()},
+            key_val_metric=key_val_metric or {PRETEXT_KEY_METRIC: PretextLoss()},
             metric_cmp_fn=metric_cmp_fn,
             decollate=decollate,
             **kwargs,

@@ -15,8 +15,9 @@ import torch.nn as nn
 
 from tpp_components.peft import get_peft_method, is_under, merge, unwrap
 from tpp_components.peft.inject import PEFT_ATTRIBUTE
+from tpp_components.pretext.decoder import decoder_state_dict
 
-__all__ = ["TrainableState", "DeployableState", "BackboneState"]
+__all__ = ["TrainableState", "DeployableState", "BackboneState", "PretextDecoderState"]
 
 
 class TrainableState:
@@ -73,4 +74,29 @@ class BackboneState:
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-        unwrap(self.network).load_state_dict(state, strict=False)
+        """Load a backbone checkpoint; with ``strict`` every backbone key must be present and
+        no other key (the task head is allowed to be absent), else ``KeyError`` names them."""
+        network = unwrap(self.network)
+        expected = set(self.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if strict and (missing or unexpected):
+            raise KeyError(f"backbone checkpoint: missing keys {missing[:8]} ({len(missing)}), unexpected keys {unexpected[:8]} ({len(unexpected)}).")
+        network.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+class PretextDecoderState:
+    """The decoder of a pretext module (everything but its ``network``), saved beside the stage-0
+    backbone so that TPP can start from it (:func:`tpp_components.pretext.load_decoder`)."""
+
+    def __init__(self, pretext: nn.Module) -> None:
+        self.pretext = pretext
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in decoder_state_dict(unwrap(self.pretext)).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        own = set(self.state_dict())
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if strict and (missing or unexpected):
+            raise KeyError(f"pretext decoder checkpoint: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}.")
+        unwrap(self.pretext).load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

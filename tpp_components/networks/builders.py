@@ -8,7 +8,14 @@ from typing import Any
 import torch.nn as nn
 
 from tpp_components.networks.weights import load_backbone_weights
-from tpp_components.peft import get_method_class, is_under, inject, load_target_parameters, set_trainable
+from tpp_components.peft import (
+    freeze_running_stats,
+    get_method_class,
+    inject,
+    is_under,
+    load_target_parameters,
+    set_trainable,
+)
 from tpp_components.pretext.encoders import head_modules
 
 __all__ = ["build_network", "trainable_parameters", "INIT_CHOICES"]
@@ -30,6 +37,7 @@ def build_network(
     target_parameters: str | None = None,
     freeze_backbone: bool = True,
     train_head: bool = True,
+    allow_random_backbone: bool = False,
 ) -> nn.Module:
     """Assemble the network of one stage.
 
@@ -43,8 +51,15 @@ def build_network(
         weights_prefix: prefix for the mapped keys (``"vit."`` for a ViT checkpoint into UNETR).
         init: ``"tpp"`` loads ``target_parameters``; ``"standard"`` keeps the method's own initialisation.
         target_parameters: TPP output (``.safetensors`` with its manifest), used when ``init="tpp"``.
-        freeze_backbone: without PEFT, train only the head (linear probe) instead of everything.
+        freeze_backbone: without PEFT, train only the head (linear probe) instead of everything
+            (stage 0, full fine-tuning).
         train_head: train the task head (False in pretext stages, where it is unused).
+        allow_random_backbone: allow a frozen backbone (PEFT, TPP, linear probe) with no
+            ``backbone_weights``. Adapting random weights is almost always a configuration
+            mistake, so it is refused unless this says it is meant (tests, ablations).
+
+    Frozen normalisation layers with running statistics stay in eval mode in every stage
+    that freezes the backbone (:func:`tpp_components.peft.freeze_running_stats`).
 
     Example::
 
@@ -54,6 +69,14 @@ def build_network(
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got '{init}'.")
     heads = head_modules(backbone)
+    frozen = peft is not None or freeze_backbone
+    if frozen and not backbone_weights and not merged and not allow_random_backbone:
+        what = f"PEFT method '{dict(peft).get('method')}'" if peft is not None else "the linear probe (freeze_backbone)"
+        raise ValueError(
+            f"{what} would adapt a frozen {type(backbone).__name__} with no weights loaded (backbone_weights is "
+            f"{backbone_weights!r}). Give the stage-0 or pretrained checkpoint as backbone_weights, or set "
+            "allow_random_backbone=True to do this knowingly."
+        )
     if backbone_weights:
         load_backbone_weights(backbone, backbone_weights, key_map=key_map, prefix=weights_prefix, allow_missing=heads)
     if peft is None:
@@ -62,6 +85,8 @@ def build_network(
         for name, param in backbone.named_parameters():
             in_head = is_under(name, heads)
             param.requires_grad_((in_head and train_head) or (not in_head and not freeze_backbone))
+        if freeze_backbone:
+            freeze_running_stats(backbone, heads if train_head else ())
         return backbone
     options = dict(peft)
     method = options.pop("method", None)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from tpp_components.io import atomic_path, atomic_write_text
 from tpp_components.peft.base import is_under
+from tpp_components.peft.freeze import freeze_running_stats
 from tpp_components.peft.inject import get_peft_method, unwrap
 
 __all__ = [
@@ -70,12 +71,16 @@ def backbone_fingerprint(network: nn.Module, head_modules: Sequence[str] = ()) -
     for name, tensor in sorted(backbone_parameters(network, head_modules).items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
 def set_trainable(network: nn.Module, trainable_modules: Sequence[str] = ()) -> list[str]:
     """Freeze everything but the target parameters and the modules in ``trainable_modules``.
+
+    Frozen normalisation layers with running statistics stay in eval mode in every stage
+    (:func:`tpp_components.peft.freeze.freeze_running_stats`).
 
     Returns:
         the names of the trainable parameters.
@@ -87,6 +92,7 @@ def set_trainable(network: nn.Module, trainable_modules: Sequence[str] = ()) -> 
         param.requires_grad_(name in targets or is_under(name, trainable_modules))
         if param.requires_grad:
             names.append(name)
+    freeze_running_stats(network, trainable_modules)
     return names
 
 

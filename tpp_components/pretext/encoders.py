@@ -61,13 +61,15 @@ def encoder_stride(network: nn.Module) -> int:
     raise TypeError(f"unsupported network {type(network).__name__}.")
 
 
-def vit_tokens(vit: ViT, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Run a MONAI ViT encoder and return normalised patch tokens (class token removed).
+def vit_tokens(vit: ViT, x: torch.Tensor, keep: torch.Tensor | None = None, keep_cls: bool = False) -> torch.Tensor:
+    """Run a MONAI ViT encoder and return its normalised tokens.
 
     Args:
         vit: the encoder.
         x: images ``(B, C, *spatial)``.
         keep: optional indices ``(B, K)`` of the patch tokens to keep (MAE token dropping).
+        keep_cls: keep the class token first in the output (MAE's decoder reads it); by
+            default only the patch tokens are returned.
     """
     tokens = vit.patch_embedding(x)
     if keep is not None:
@@ -78,7 +80,7 @@ def vit_tokens(vit: ViT, x: torch.Tensor, keep: torch.Tensor | None = None) -> t
     for block in vit.blocks:
         tokens = block(tokens)
     tokens = vit.norm(tokens)
-    return tokens[:, 1:] if has_cls else tokens
+    return tokens[:, 1:] if has_cls and not keep_cls else tokens
 
 
 def encoder_feature_map(network: nn.Module, x: torch.Tensor) -> torch.Tensor:

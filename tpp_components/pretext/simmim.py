@@ -12,6 +12,7 @@ import torch.nn as nn
 from monai.networks.layers import Conv
 from monai.networks.utils import pixelshuffle
 
+from tpp_components.pretext.decoder import load_decoder
 from tpp_components.pretext.encoders import encoder_channels, encoder_feature_map, encoder_stride
 from tpp_components.pretext.patches import random_patch_mask, upsample_patch_mask
 
@@ -27,6 +28,7 @@ class SimMIM(nn.Module):
         in_channels: image channels.
         mask_patch: side of a masked patch in pixels (a multiple of the encoder stride).
         mask_ratio: fraction of masked patches.
+        decoder_weights: a decoder saved by stage 0 to start from; None starts a fresh one.
 
     Example::
 
@@ -35,7 +37,8 @@ class SimMIM(nn.Module):
     """
 
     def __init__(
-        self, network: nn.Module, spatial_dims: int, in_channels: int, mask_patch: int | None = None, mask_ratio: float = 0.6
+        self, network: nn.Module, spatial_dims: int, in_channels: int, mask_patch: int | None = None, mask_ratio: float = 0.6,
+        decoder_weights: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -50,6 +53,8 @@ class SimMIM(nn.Module):
         self.mask_value = nn.Parameter(torch.zeros(1, in_channels, *([1] * spatial_dims)))
         out = in_channels * self.stride**spatial_dims
         self.decoder = Conv[Conv.CONV, spatial_dims](encoder_channels(network), out, kernel_size=1)
+        if decoder_weights:
+            load_decoder(self, decoder_weights)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns ``loss`` (L1 on masked pixels), ``pred`` (the reconstruction) and ``mask`` (pixel mask)."""
