@@ -28,7 +28,7 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
 
 
 def test_manifest_problems_are_named(tmp_path):
-    net = build_network(make_backbone("vit", 2), peft={"method": "lora", "r": 2})
+    net = build_network(make_backbone("vit", 2), peft={"method": "lora", "r": 2}, allow_random_backbone=True)
     path = save_target_parameters(net, tmp_path / "tp.safetensors")
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(TargetParameterError, match="tp.json' is not valid JSON"):

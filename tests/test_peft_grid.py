@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cases import BACKBONES, DIMS, MARKERS, METHODS, image_size, make_backbone, supported
-from tpp_components.networks import build_network
+from tpp_components.networks import build_network, trainable_parameters
 from tpp_components.peft import (
     InjectionError,
     TargetParameterError,
@@ -19,6 +19,7 @@ from tpp_components.peft import (
     load_target_parameters,
     merge,
     save_target_parameters,
+    set_trainable,
     target_parameters,
 )
 from tpp_components.pretext import MaskedAutoencoder, SimMIM, head_modules
@@ -33,9 +34,10 @@ def _image(dims: int, batch: int = 2, kind: str = "vit") -> torch.Tensor:
     return torch.rand(batch, 1, *(image_size(kind),) * dims)
 
 
-def _inject(kind: str, dims: int, method: str, seed: int = 0):
+def _inject(kind: str, dims: int, method: str, seed: int = 0, train_head: bool = True):
+    """A PEFT-injected random test backbone (the builder refuses that unless told it is meant)."""
     net = make_backbone(kind, dims, seed)
-    return build_network(net, peft=METHODS[method])
+    return build_network(net, peft=METHODS[method], train_head=train_head, allow_random_backbone=True)
 
 
 def _task_output(net, x):
@@ -47,7 +49,7 @@ def _task_output(net, x):
 def test_injection_adds_only_target_parameters(method, kind, dims):
     plain = make_backbone(kind, dims)
     before = dict(plain.named_parameters())
-    net = build_network(copy.deepcopy(plain), peft=METHODS[method])
+    net = build_network(copy.deepcopy(plain), peft=METHODS[method], allow_random_backbone=True)
     peft_method = get_peft_method(net)
     targets = target_parameters(net)
     assert targets, "injection produced no target parameter"
@@ -73,7 +75,7 @@ def test_standard_init_is_identity_for_lora_and_adapter(kind, dims):
     x = _image(dims, 2, kind)
     expected = _task_output(plain, x)
     for method in ("lora", "adapter"):
-        net = build_network(copy.deepcopy(plain), peft=METHODS[method]).eval()
+        net = build_network(copy.deepcopy(plain), peft=METHODS[method], allow_random_backbone=True).eval()
         assert torch.allclose(_task_output(net, x), expected, atol=1e-6), method
 
 
@@ -83,27 +85,32 @@ def _pretext(net, kind, dims):
 
 @pytest.mark.parametrize("method,kind,dims", GRID)
 def test_backbone_bit_identical_through_tpp_and_finetuning(method, kind, dims):
-    net = _inject(kind, dims, method)
+    """The product's own freezing (build_network / set_trainable) keeps the backbone bit-identical."""
+    # stage 1 (TPP): the builder freezes backbone and head; only the target parameters train
+    net = _inject(kind, dims, method, train_head=False)
     heads = head_modules(net)
+    targets = target_parameters(net)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == set(targets), sorted(trainable ^ set(targets))
     snapshot = {k: v.detach().clone() for k, v in backbone_parameters(net, heads).items()}
-    targets_before = {k: v.detach().clone() for k, v in target_parameters(net).items()}
-    # stage 1: pretext on the target parameters (+ decoder)
-    pretext = _pretext(net, kind, dims)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    for p in target_parameters(net).values():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW([p for p in pretext.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    head_before = {n: p.detach().clone() for n, p in net.named_parameters() if any(n.startswith(h + ".") for h in heads)}
+    targets_before = {k: v.detach().clone() for k, v in targets.items()}
+    pretext = _pretext(net, kind, dims).train()
+    opt = torch.optim.AdamW(trainable_parameters(pretext), lr=1e-2, weight_decay=0.1)
     for _ in range(2):
         opt.zero_grad()
         pretext(_image(dims, 2 if dims == 2 else 1, kind))["loss"].backward()
         opt.step()
     changed = [n for n, p in target_parameters(net).items() if not torch.equal(p, targets_before[n])]
     assert changed, "TPP did not update any target parameter"
-    # stage 2: task fine-tuning of targets + head
-    for n, p in net.named_parameters():
-        p.requires_grad_(n in target_parameters(net) or any(n.startswith(h + ".") for h in heads))
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    head_params = dict(net.named_parameters())
+    assert all(torch.equal(head_params[n], v) for n, v in head_before.items()), "the head moved during TPP"
+    # stage 2: task fine-tuning of targets + head, frozen by the product
+    set_trainable(net, head_modules(net))
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == set(targets) | set(head_before), sorted(trainable ^ (set(targets) | set(head_before)))
+    net.train()
+    opt = torch.optim.AdamW(trainable_parameters(net), lr=1e-2, weight_decay=0.1)
     for _ in range(2):
         opt.zero_grad()
         _task_output(net, _image(dims, 2 if dims == 2 else 1, kind)).float().pow(2).mean().backward()
@@ -148,7 +155,7 @@ def test_refuses_other_rank_and_missing_keys(kind, dims, tmp_path):
     net = _inject(kind, dims, "lora")
     heads = head_modules(net)
     path = save_target_parameters(net, tmp_path / "tp.safetensors", heads)
-    other_rank = build_network(make_backbone(kind, dims), peft={**METHODS["lora"], "r": 8})
+    other_rank = build_network(make_backbone(kind, dims), peft={**METHODS["lora"], "r": 8}, allow_random_backbone=True)
     with pytest.raises(TargetParameterError, match=r"r: saved 4 vs network 8"):
         load_target_parameters(other_rank, path, heads)
     # same config but a tampered file with a key removed: refused, nothing loaded

@@ -1,6 +1,7 @@
 """The main job on an embedded default: the whole TPP pipeline of the breast-ultrasound bundle on
 a synthetic demo dataset the project generates itself (no download), then the test metrics of
-the same PEFT method (LoRA) started from TPP and from its standard initialisation.
+the linear probe (is the backbone worth adapting?) and of the same PEFT method (LoRA) started
+from TPP and from its standard initialisation.
 
 Example::
 
@@ -40,11 +41,11 @@ def main(
     result = run_experiment(
         datalist=str(datalist), workdir=str(work / "experiment"), methods=["lora"], seeds=list(seeds),
         pretrain_epochs=pretrain_epochs, tpp_epochs=tpp_epochs, train_epochs=train_epochs,
-        linear_probe=False, threads=threads,
+        reference_arms=["linear_probe"], threads=threads,
     )
-    print("\nDemo (synthetic data, LoRA r=8): test metrics, same budget, one config value apart")
-    for arm in ("lora/tpp", "lora/standard"):
-        values = result["summary"][arm]
+    print("\nDemo (synthetic data, LoRA r=8): test metrics, same budget; the LoRA arms are one config value apart")
+    for arm in ("linear_probe/standard", "lora/tpp", "lora/standard"):
+        values = result["summary"]["arms"][arm]
         print(f"  {arm:<14} " + "  ".join(f"{m} {sum(v) / len(v):.3f}" for m, v in values.items()))
     print(f"total wall time {time.perf_counter() - start:.0f} s; runs, models and logs in {work}")
 

@@ -1,25 +1,33 @@
 """Compare PEFT fine-tuning started from TPP with the method's standard initialisation.
 
-Every stage is a real ``python -m monai.bundle run`` of the bundle's configs; arms differ in
-exactly one config value (``init``). Results (test accuracy, balanced accuracy, macro AUC per
-arm and seed, mean +- std, paired TPP - standard differences, wall time of every stage) are
-written to ``<workdir>/results.json`` and ``<workdir>/results.md``.
+Every stage is a real ``python -m monai.bundle run`` of the bundle's configs (``train.json``
+merged with the stage's override file); a method's two arms differ in exactly one config value
+(``init``). The reference arms run first: the linear probe (frozen backbone, non-affine batch
+norm + linear head) says whether the backbone is worth adapting at all, and full fine-tuning
+bounds what the task allows. When the linear probe does not clear the backbone gate
+(:func:`backbone_gate`), the report says that the TPP comparison is not evidence.
+
+Results (test accuracy, balanced accuracy and macro AUC per arm and seed, mean +- std, paired
+TPP - standard differences with a 95 % t-interval, stage-0 and TPP pretext curves, wall time and
+peak memory) go to ``<workdir>/results.json`` and ``<workdir>/results.md``.
 
 Example::
 
-    python tools/tpp_experiment.py --datalist busi_datalist.json --workdir runs/busi \
-        --methods "['lora','adapter']" --seeds "[0,1,2]"
+    python tools/tpp_experiment.py --datalist busi.json --workdir runs/busi \
+        --backbone runs/stage0/backbone.pt --methods "['lora','adapter']" --seeds "[0,1,2,3,4]" --jobs 2
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fire
@@ -37,6 +45,45 @@ METHODS = {
     "bitfit": {"method": "bitfit"},
     "prompt": {"method": "prompt", "num_tokens": 8, "deep": True},
 }
+
+#: the reference arms: overrides of train.json (learning rates chosen per arm, stated in the report)
+REFERENCE_ARMS = {
+    "linear_probe": {"peft": "$None", "freeze_backbone": True, "head_norm": True, "learning_rate": 0.005,
+                     "optimizer#weight_decay": 0.0},
+    "full_finetune": {"peft": "$None", "freeze_backbone": False, "learning_rate": 0.0003, "optimizer#weight_decay": 0.05},
+}
+
+#: the backbone gate: below it, a linear probe says the features carry little of the task
+GATE_MIN_AUC = 0.65
+GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE = 0.05
+
+# two-sided 95 % Student t quantiles by degrees of freedom (n - 1); larger n uses the normal value
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
+
+
+def backbone_gate(macro_auc: float, balanced_accuracy: float, num_classes: int) -> list[str]:
+    """Reasons a linear probe's test metrics fail the backbone gate (empty when it passes)."""
+    reasons = []
+    if macro_auc < GATE_MIN_AUC:
+        reasons.append(f"linear-probe macro AUC {macro_auc:.3f} < {GATE_MIN_AUC}")
+    chance = 1.0 / num_classes
+    if balanced_accuracy < chance + GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE:
+        reasons.append(f"linear-probe balanced accuracy {balanced_accuracy:.3f} within "
+                       f"{100 * GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE:.0f} points of chance ({chance:.3f})")
+    return reasons
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and two-sided 95 % Student-t interval of ``values`` (paired differences)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    df = n - 1
+    t = _T975.get(df) or next((v for k, v in sorted(_T975.items()) if k >= df), 1.96)
+    half = t * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int) -> float:
@@ -59,38 +106,79 @@ def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, thr
     return elapsed
 
 
+def pretext_curve(log_dir: Path, tag: str = "val_pretext_loss") -> list[tuple[int, float]]:
+    """``(epoch, held-out pretext loss)`` read back from the TensorBoard events of a pretext stage."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    if tag not in events.Tags().get("scalars", []):
+        return []
+    return [(int(e.step), float(e.value)) for e in events.Scalars(tag)]
+
+
 def _stats(values: list[float]) -> str:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{mean:.3f} +- {std:.3f}"
 
 
-def summarise(runs: list[dict]) -> tuple[dict, str]:
-    """Mean +- std per arm and paired TPP - standard differences per method."""
+def _curve_text(curve: list[tuple[int, float]], points: int = 8) -> str:
+    if not curve:
+        return "(none)"
+    step = max(1, len(curve) // points)
+    picked = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
+    return ", ".join(f"{e}: {v:.4f}" for e, v in picked)
+
+
+def summarise(runs: list[dict], num_classes: int, curves: dict | None = None) -> tuple[dict, str]:
+    """Mean +- std per arm (reference arms first), the backbone gate, paired TPP - standard differences."""
     arms: dict[str, list[dict]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r["method"] in METHODS, r["arm"])):
         arms.setdefault(r["arm"], []).append(r)
     table = ["| arm | n | accuracy | balanced accuracy | macro AUC | train s/run |", "|---|---|---|---|---|---|"]
-    summary = {}
+    summary: dict = {"arms": {}}
     for arm, rs in arms.items():
-        summary[arm] = {m: [r["test"][m] for r in rs] for m in METRICS}
-        cells = " | ".join(_stats(summary[arm][m]) for m in METRICS)
+        summary["arms"][arm] = {m: [r["test"][m] for r in rs] for m in METRICS}
+        cells = " | ".join(_stats(summary["arms"][arm][m]) for m in METRICS)
         table.append(f"| {arm} | {len(rs)} | {cells} | {statistics.fmean(r['seconds']['train'] for r in rs):.0f} |")
     majority = runs[0]["test"]["majority_rate"]
-    table.append(f"\nmajority-class rate on the test split: {majority:.3f}\n")
-    table.append("| method | paired gain TPP - standard, per seed (accuracy / balanced acc / macro AUC, points) |")
-    table.append("|---|---|")
+    table.append(f"\nTest split: n={runs[0]['test']['num_samples']}, majority-class rate {majority:.3f}, "
+                 f"chance balanced accuracy {1 / num_classes:.3f}.\n")
+    probe = arms.get("linear_probe/standard")
+    if probe:
+        auc = statistics.fmean(r["test"]["macro_auc"] for r in probe)
+        bal = statistics.fmean(r["test"]["balanced_accuracy"] for r in probe)
+        reasons = backbone_gate(auc, bal, num_classes)
+        summary["backbone_gate"] = {"passed": not reasons, "reasons": reasons}
+        if reasons:
+            table.append("**Backbone gate FAILED** (" + "; ".join(reasons) + "): the backbone's features carry little "
+                         "of the task, so the TPP comparison below is NOT evidence for or against TPP.\n")
+        else:
+            table.append(f"Backbone gate passed: linear-probe macro AUC {auc:.3f} >= {GATE_MIN_AUC}, balanced accuracy "
+                         f"{bal:.3f} more than {100 * GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE:.0f} points over chance.\n")
+    table.append("| comparison | n pairs | accuracy | balanced accuracy | macro AUC |")
+    table.append("|---|---|---|---|---|")
+    summary["paired"] = {}
     for arm in arms:
-        if not arm.endswith("/tpp"):
+        method, init = arm.split("/")
+        if not init.startswith("tpp"):
             continue
-        method = arm.split("/")[0]
         std_runs = {r["seed"]: r for r in arms.get(f"{method}/standard", [])}
-        gains = []
-        for r in arms[arm]:
-            if r["seed"] in std_runs:
-                s = std_runs[r["seed"]]
-                gains.append("/".join(f"{100 * (r['test'][m] - s['test'][m]):+.1f}" for m in METRICS))
-        table.append(f"| {method} | {', '.join(gains)} |")
+        pairs = [(r, std_runs[r["seed"]]) for r in arms[arm] if r["seed"] in std_runs]
+        if not pairs:
+            continue
+        cells, paired = [], {}
+        for m in METRICS:
+            diffs = [100 * (a["test"][m] - b["test"][m]) for a, b in pairs]
+            mean, lo, hi = t_interval(diffs)
+            paired[m] = {"per_seed": diffs, "mean": mean, "ci95": [lo, hi]}
+            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        summary["paired"][f"{arm} - {method}/standard"] = paired
+        table.append(f"| {arm} - {method}/standard | {len(pairs)} | " + " | ".join(cells) + " |")
+    table.append("\n(points; mean [95 % t-interval] of the per-seed paired differences)")
+    for name, curve in (curves or {}).items():
+        table.append(f"\n{name} held-out pretext loss by epoch: {_curve_text(curve)}")
     return summary, "\n".join(table)
 
 
@@ -101,75 +189,102 @@ def run(
     seeds: list[int] | tuple[int, ...] = (0, 1, 2),
     backbone: str | None = None,
     pretrain_datalist: str | None = None,
-    pretrain_epochs: int = 50,
+    pretrain_epochs: int = 100,
     tpp_epochs: int = 20,
-    train_epochs: int = 30,
-    linear_probe: bool = True,
+    train_epochs: int = 20,
+    reference_arms: list[str] | tuple[str, ...] = ("linear_probe", "full_finetune"),
+    fresh_decoder_seeds: list[int] | tuple[int, ...] = (),
+    jobs: int = 1,
     threads: int = 2,
     bundle: str = str(DEFAULT_BUNDLE),
 ) -> dict:
-    """Run stage 0 (unless ``backbone`` is given), then TPP and fine-tuning for every method, seed and init.
+    """Run stage 0 (unless ``backbone`` is given), the reference arms, then TPP and fine-tuning per method and seed.
 
     Args:
         datalist: labelled datalist (training / validation / test) of the downstream task.
         workdir: where every run writes its models, logs and reports.
         methods: keys of :data:`METHODS`.
         seeds: one TPP run and two fine-tuning runs (tpp, standard) per method and seed.
-        backbone: an existing stage-0 ``backbone.pt``; otherwise stage 0 runs on ``pretrain_datalist``.
+        backbone: an existing stage-0 ``backbone.pt`` (its ``pretext_decoder.pt`` beside it is
+            reused by TPP); otherwise stage 0 runs on ``pretrain_datalist``.
         pretrain_datalist: unlabeled images for stage 0 (defaults to ``datalist``'s training split).
         pretrain_epochs / tpp_epochs / train_epochs: budgets, identical for every arm.
-        linear_probe: also train the head alone on the frozen backbone (one run per seed).
-        threads: torch threads per run (runs are sequential).
+        reference_arms: keys of :data:`REFERENCE_ARMS`, run first (one run per seed).
+        fresh_decoder_seeds: seeds that also run TPP from a fresh decoder (``reuse_decoder=False``)
+            and fine-tune from it (arm ``<method>/tpp_fresh_decoder``).
+        jobs: runs in parallel (each with ``threads`` torch threads: keep jobs x threads <= cores).
+        threads: torch threads per run.
         bundle: bundle folder.
     """
     work, bundle_path = Path(workdir).resolve(), Path(bundle).resolve()
     datalist = str(Path(datalist).resolve())
+    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(reference_arms) - set(REFERENCE_ARMS))
+    if unknown:
+        raise ValueError(f"unknown methods / reference arms {unknown}; expected {sorted(METHODS)} / {sorted(REFERENCE_ARMS)}.")
+    num_classes = len(json.loads(Path(datalist).read_text()).get("labels") or {}) or 3
     timings: dict[str, float] = {}
     if backbone is None:
         backbone = str(work / "stage0" / "backbone.pt")
         timings["pretrain"] = bundle_run(
-            bundle_path, ["pretrain.json"],
+            bundle_path, ["train.json", "pretrain.json"],
             {"datalist": str(Path(pretrain_datalist).resolve()) if pretrain_datalist else datalist,
              "ckpt_dir": str(work / "stage0"), "output_dir": str(work / "stage0" / "logs"), "num_epochs": pretrain_epochs},
-            work / "stage0" / "pretrain.log", threads,
+            work / "stage0" / "pretrain.log", threads * jobs,
         )
-        print(f"stage 0 (pretrain.json): {timings['pretrain']:.0f} s", flush=True)
-    backbone = str(Path(backbone).resolve())
-    runs = []
-    arms = [(m, i) for m in methods for i in ("tpp", "standard")] + ([("linear_probe", "standard")] if linear_probe else [])
-    for seed in seeds:
-        for method in methods:
-            tpp_dir = work / f"{method}_seed{seed}" / "tpp"
-            t = bundle_run(bundle_path, ["tpp.json"], {
-                "datalist": datalist, "peft": METHODS[method], "seed": seed, "backbone_weights": backbone,
-                "ckpt_dir": str(tpp_dir), "output_dir": str(tpp_dir / "logs"), "num_epochs": tpp_epochs,
-            }, tpp_dir / "tpp.log", threads)
-            timings.setdefault("tpp", 0.0)
-            timings["tpp"] += t
-            print(f"seed {seed} {method}: TPP {t:.0f} s", flush=True)
-        for method, init in arms:
-            run_dir = work / f"{method}_seed{seed}" / init
-            peft = "$None" if method == "linear_probe" else METHODS[method]
-            common = {"datalist": datalist, "peft": peft, "seed": seed, "ckpt_dir": str(run_dir)}
-            seconds = {"train": bundle_run(bundle_path, ["train.json"], {
-                **common, "init": init, "backbone_weights": backbone, "num_epochs": train_epochs,
-                "tpp_target_parameters": str(work / f"{method}_seed{seed}" / "tpp" / "tpp_target_parameters.safetensors"),
-                "output_dir": str(run_dir / "logs"),
-            }, run_dir / "train.log", threads)}
-            seconds["evaluate"] = bundle_run(bundle_path, ["train.json", "evaluate.json"], {
-                **common, "output_dir": str(run_dir / "eval"),
-            }, run_dir / "evaluate.log", threads)
-            report = json.loads((run_dir / "eval" / "classification_report.json").read_text())
-            runs.append({"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed,
-                         "test": report, "seconds": seconds})
-            print(f"seed {seed} {method}/{init}: " + " ".join(f"{m} {report[m]:.3f}" for m in METRICS)
-                  + f" (train {seconds['train']:.0f} s)", flush=True)
-    summary, table = summarise(runs)
+        print(f"stage 0: {timings['pretrain']:.0f} s", flush=True)
+    backbone_path = Path(backbone).resolve()
+    decoder = backbone_path.parent / "pretext_decoder.pt"
+    common = {"datalist": datalist, "backbone_weights": str(backbone_path)}
+
+    def tpp_job(method: str, seed: int, fresh: bool) -> tuple[str, float]:
+        tpp_dir = work / f"{method}_seed{seed}" / ("stage1_tpp_fresh_decoder" if fresh else "stage1_tpp")
+        t = bundle_run(bundle_path, ["train.json", "tpp.json"], {
+            **common, "peft": METHODS[method], "seed": seed, "ckpt_dir": str(tpp_dir),
+            "output_dir": str(tpp_dir / "logs"), "num_epochs": tpp_epochs, "pretext_decoder": str(decoder),
+            "reuse_decoder": not fresh}, tpp_dir / "tpp.log", threads)
+        print(f"seed {seed} {method}: TPP{' (fresh decoder)' if fresh else ''} {t:.0f} s", flush=True)
+        return str(tpp_dir), t
+
+    def train_job(method: str, init: str, seed: int) -> dict:
+        run_dir = work / f"{method}_seed{seed}" / init
+        overrides = dict(REFERENCE_ARMS[method]) if method in REFERENCE_ARMS else {"peft": METHODS[method]}
+        overrides.update(common, seed=seed, ckpt_dir=str(run_dir))
+        if method in METHODS and init != "standard":
+            overrides["tpp_target_parameters"] = str(work / f"{method}_seed{seed}" / f"stage1_{init}" / "tpp_target_parameters.safetensors")
+        seconds = {"train": bundle_run(bundle_path, ["train.json"], {
+            **overrides, "init": "tpp" if init != "standard" else "standard", "num_epochs": train_epochs,
+            "output_dir": str(run_dir / "logs")}, run_dir / "train.log", threads)}
+        seconds["evaluate"] = bundle_run(bundle_path, ["train.json", "evaluate.json"], {
+            **{k: v for k, v in overrides.items() if k not in ("backbone_weights",)}, "output_dir": str(run_dir / "eval"),
+        }, run_dir / "evaluate.log", threads)
+        report = json.loads((run_dir / "eval" / "classification_report.json").read_text())
+        print(f"seed {seed} {method}/{init}: " + " ".join(f"{m} {report[m]:.3f}" for m in METRICS)
+              + f" (train {seconds['train']:.0f} s)", flush=True)
+        return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed, "test": report, "seconds": seconds}
+
+    tpp_jobs = [(m, s, False) for s in seeds for m in methods] + [(m, s, True) for s in fresh_decoder_seeds for m in methods]
+    train_jobs = [(a, "standard", s) for s in seeds for a in reference_arms]
+    train_jobs += [(m, i, s) for s in seeds for m in methods for i in ("standard", "tpp")]
+    train_jobs += [(m, "tpp_fresh_decoder", s) for s in fresh_decoder_seeds for m in methods]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        tpp_futures = [pool.submit(tpp_job, *j) for j in tpp_jobs]
+        timings["tpp"] = sum(f.result()[1] for f in tpp_futures)
+        runs = [f.result() for f in [pool.submit(train_job, *j) for j in train_jobs]]
+    curves = {"stage 0": pretext_curve(backbone_path.parent / "logs")}
+    for m in methods:
+        if seeds:
+            curves[f"TPP {m} seed {seeds[0]}"] = pretext_curve(work / f"{m}_seed{seeds[0]}" / "stage1_tpp" / "logs")
+        if fresh_decoder_seeds:
+            s = fresh_decoder_seeds[0]
+            curves[f"TPP {m} seed {s}, fresh decoder"] = pretext_curve(work / f"{m}_seed{s}" / "stage1_tpp_fresh_decoder" / "logs")
+    summary, table = summarise(runs, num_classes, curves)
     # Linux reports ru_maxrss in KiB: the largest resident set of any finished stage
     timings["peak_rss_mib_any_stage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result = {"runs": runs, "summary": summary, "timings": timings, "settings": {
-        "datalist": datalist, "methods": list(methods), "seeds": list(seeds), "backbone": backbone,
-        "pretrain_epochs": pretrain_epochs, "tpp_epochs": tpp_epochs, "train_epochs": train_epochs}}
+    settings = {"datalist": datalist, "methods": list(methods), "seeds": list(seeds), "backbone": str(backbone_path),
+                "pretrain_epochs": pretrain_epochs, "tpp_epochs": tpp_epochs, "train_epochs": train_epochs,
+                "reference_arms": {a: REFERENCE_ARMS[a] for a in reference_arms},
+                "peft": {m: METHODS[m] for m in methods}, "jobs": jobs, "threads": threads}
+    result = {"runs": runs, "summary": summary, "curves": curves, "timings": timings, "settings": settings}
     work.mkdir(parents=True, exist_ok=True)
     (work / "results.json").write_text(json.dumps(result, indent=4))
     (work / "results.md").write_text(table + "\n")

@@ -79,6 +79,8 @@ def build_network(
         )
     if backbone_weights:
         load_backbone_weights(backbone, backbone_weights, key_map=key_map, prefix=weights_prefix, allow_missing=heads)
+    if peft is None and merged:
+        return backbone  # the inference definition: nothing to freeze
     if peft is None:
         if init == "tpp":
             raise ValueError("init='tpp' needs a PEFT method (peft is None).")

@@ -23,6 +23,7 @@ class ViTClassifier(ViT):
     ``head_norm=True`` puts a non-affine ``BatchNorm1d`` before the linear head, MAE's
     linear-probe recipe: frozen features have no common scale, and the normalisation lets one
     learning rate fit them. The head is then ``classification_head.0`` (norm) and ``.1`` (linear).
+    Its running statistics are a cumulative average (``momentum=None``).
 
     Without ``head_norm`` the module tree and state-dict keys are exactly those of ``ViT``, so
     weights move between the two with ``strict=True``.
@@ -52,7 +53,10 @@ class ViTClassifier(ViT):
             if not isinstance(self.classification_head, nn.Linear):
                 raise ValueError("head_norm needs a linear head (post_activation='none').")
             linear = self.classification_head
-            self.classification_head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False), linear)
+            # momentum=None: a cumulative average, exact after one epoch over frozen features, so an
+            # early best-metric checkpoint does not carry half-warmed statistics
+            norm = nn.BatchNorm1d(linear.in_features, affine=False, momentum=None)
+            self.classification_head = nn.Sequential(norm, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         # ViT.forward spelled out (TorchScript cannot script a call to super().forward), so that

@@ -4,7 +4,9 @@
 rewrites its running mean and variance on every forward pass, and normalises with batch
 statistics the pretrained backbone never saw. Engines call ``network.train()`` every epoch, so a
 one-off ``eval()`` does not last: each frozen normalisation layer gets a forward pre-hook that
-puts it back in eval mode before it runs.
+puts it back in eval mode before it runs. A later stage that trains the layer (the head of a
+fine-tuning stage) or a merged network for export removes the hook again
+(:func:`release_running_stats`; TorchScript cannot script the hook).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from tpp_components.peft.base import is_under
 
-__all__ = ["freeze_running_stats", "has_running_stats"]
+__all__ = ["freeze_running_stats", "release_running_stats", "has_running_stats"]
 
-_HOOKED = "_tpp_frozen_running_stats"
+#: attribute holding the hook handle on a frozen normalisation layer
+_HANDLE = "_tpp_frozen_running_stats"
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -40,15 +43,32 @@ def freeze_running_stats(network: nn.Module, trainable_modules: Sequence[str] = 
             normalisation layers keep following ``train()`` / ``eval()``.
 
     Returns:
-        the names of the layers held in eval mode (idempotent: a layer is hooked once).
+        the names of the layers held in eval mode (idempotent: a layer is hooked once; a layer
+        inside ``trainable_modules`` that an earlier call froze is released).
     """
     names = []
     for name, module in network.named_modules():
-        if not has_running_stats(module) or is_under(name, trainable_modules):
+        if not has_running_stats(module):
             continue
-        if not getattr(module, _HOOKED, False):
-            module.register_forward_pre_hook(_stay_in_eval)
-            object.__setattr__(module, _HOOKED, True)
+        if is_under(name, trainable_modules):
+            _release(module)
+            continue
+        if getattr(module, _HANDLE, None) is None:
+            object.__setattr__(module, _HANDLE, module.register_forward_pre_hook(_stay_in_eval))
         module.eval()
         names.append(name)
     return names
+
+
+def _release(module: nn.Module) -> None:
+    handle = getattr(module, _HANDLE, None)
+    if handle is not None:
+        handle.remove()
+        object.__setattr__(module, _HANDLE, None)
+
+
+def release_running_stats(network: nn.Module) -> nn.Module:
+    """Remove the hooks :func:`freeze_running_stats` added (before export); returns ``network``."""
+    for module in network.modules():
+        _release(module)
+    return network

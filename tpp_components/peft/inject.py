@@ -9,6 +9,7 @@ from typing import Any
 import torch.nn as nn
 
 from tpp_components.peft.base import PeftMethod
+from tpp_components.peft.freeze import release_running_stats
 from tpp_components.peft.registry import create_method
 
 __all__ = ["inject", "get_peft_method", "merge", "PEFT_ATTRIBUTE", "unwrap"]
@@ -74,4 +75,5 @@ def merge(network: nn.Module, inplace: bool = False) -> nn.Module:
     merged = network if inplace else copy.deepcopy(network)
     merged = get_peft_method(merged).merge(merged)
     object.__setattr__(merged, PEFT_ATTRIBUTE, None)
-    return merged
+    # a plain network again: no stage hooks left, so TorchScript can export it
+    return release_running_stats(merged)

@@ -1,0 +1,105 @@
+"""Learning gates: tests that fail when the pipeline stops learning.
+
+A pipeline can pass every plumbing test while each arm sits at chance (the first version of
+this bundle did: stage 0 kept its worst checkpoint and the head read a token the pretext never
+trained). These tests run the bundle's real configs and assert that
+
+* on the generated demo data, stage 0's held-out pretext loss falls by a stated margin, and the
+  linear probe and LoRA beat the trivial predictor by a stated margin;
+* on real BUSI images (when ``TPP_DATA_DIR`` holds them), a short fine-tuning run beats the
+  trivial predictor on balanced accuracy.
+
+The margins are set well below what was measured (see the constants), so they catch a pipeline
+that stopped learning, not normal seed-to-seed noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bundle_utils import EVALUATE, PRETRAIN, TRAIN, run, stage_overrides
+from conftest import require_data
+from tools.make_demo_data import make_demo_dataset
+from tools.prepare_busi import main as prepare_busi
+from tools.tpp_experiment import REFERENCE_ARMS
+from tpp_components.data import load_datalist, write_datalist
+
+#: stage 0 on the demo data: the last held-out pretext loss must be this fraction below the first
+#: epoch's (measured: 1.20 -> 0.72 in 20 epochs, a 40 % drop; see the closing note of issue 5)
+PRETEXT_DROP = 0.15
+#: demo data: balanced accuracy over the trivial predictor's (1 / classes), in points
+#: (measured on the demo test split: linear probe +42, LoRA +52 points after 20 + 15 epochs)
+DEMO_MARGIN = 0.20
+#: real BUSI, short run: balanced accuracy over chance (1/3), in points (measured: +22)
+BUSI_MARGIN = 0.08
+
+
+def _arm(name: str) -> dict:
+    """A reference arm's overrides as ConfigWorkflow takes them (``$None`` is the CLI spelling)."""
+    return {k: (None if v == "$None" else v) for k, v in REFERENCE_ARMS[name].items()}
+
+
+def _pretext_curve(evaluator) -> list[float]:
+    losses: list[float] = []
+    from ignite.engine import Events
+
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: losses.append(float(e.state.metrics["val_pretext_loss"])))
+    return losses
+
+
+def _train_and_evaluate(tmp: Path, datalist: str, backbone: Path | None, name: str, epochs: int, **arm) -> dict:
+    weights = str(backbone) if backbone else None
+    common = {"datalist": datalist, "ckpt_dir": str(tmp / name), "backbone_weights": weights, "init": "standard", **arm}
+    run(TRAIN, output_dir=str(tmp / name / "logs"), num_epochs=epochs, **common)
+    run(EVALUATE, output_dir=str(tmp / name / "eval"), **{k: v for k, v in common.items() if k != "backbone_weights"})
+    return json.loads((tmp / name / "eval" / "classification_report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo_stage0(tmp_path_factory) -> tuple[Path, str, list[float]]:
+    """Stage 0 on 180 generated images (20 epochs), recording the held-out pretext loss per epoch."""
+    tmp = tmp_path_factory.mktemp("gate")
+    data = make_demo_dataset(tmp / "data", num_per_class=60, image_size=64, seed=0)
+    datalist = str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
+    from bundle_utils import workflow
+
+    wf = workflow(PRETRAIN, **stage_overrides(tmp, datalist, num_epochs=20), output_dir=str(tmp / "logs"))
+    curve = _pretext_curve(wf.parser.get_parsed_content("validate#evaluator"))
+    wf.run()
+    wf.finalize()
+    return tmp, datalist, curve
+
+
+def test_gate_stage0_pretext_loss_falls_on_demo_data(demo_stage0):
+    tmp, _, curve = demo_stage0
+    assert len(curve) == 20
+    assert curve[-1] < (1 - PRETEXT_DROP) * curve[0], f"held-out pretext loss by epoch: {curve}"
+    # the saved backbone is the best epoch's (lower is better), not the first
+    assert min(curve) < curve[0]
+
+
+def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
+    tmp, datalist, _ = demo_stage0
+    backbone = tmp / "models" / "backbone.pt"
+    probe = _train_and_evaluate(tmp, datalist, backbone, "probe", 20, **_arm("linear_probe"))
+    lora = _train_and_evaluate(tmp, datalist, backbone, "lora", 15)
+    chance = 1 / 3
+    for name, report in (("linear probe", probe), ("lora", lora)):
+        assert report["balanced_accuracy"] >= chance + DEMO_MARGIN, (name, report["balanced_accuracy"], report["per_class"])
+        assert report["accuracy"] >= report["majority_rate"] + DEMO_MARGIN, (name, report["accuracy"])
+
+
+def test_gate_finetuning_beats_trivial_on_real_busi(tmp_path):
+    busi = require_data("busi_classification")
+    full = load_datalist(prepare_busi(data_dir=str(busi), output=str(tmp_path / "full.json"), seed=0))
+    datalist = str(write_datalist(full, tmp_path / "busi.json"))
+    # full fine-tuning of the bundle's ViT from random weights: a short run on the real training
+    # split that must already beat chance on the whole test split (n=156)
+    torch.manual_seed(0)
+    report = _train_and_evaluate(tmp_path, datalist, None, "full", 12, **_arm("full_finetune"))
+    assert report["num_samples"] == 156
+    assert report["balanced_accuracy"] >= 1 / 3 + BUSI_MARGIN, (report["balanced_accuracy"], report["per_class"])
