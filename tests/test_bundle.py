@@ -180,3 +180,100 @@ def test_pipeline_on_real_busi(tmp_path):
     datalist = str(write_datalist(small, tmp_path / "busi_small.json"))
     _pipeline(tmp_path / "run", datalist)
     _check_outputs(tmp_path / "run")
+
+
+def test_stage0_keeps_the_best_epochs_backbone_and_decoder(demo_datalist, tmp_path):
+    """Lower pretext loss is better: backbone.pt and pretext_decoder.pt are the lowest-loss epoch's."""
+    from ignite.engine import Events
+
+    from tpp_components.handlers import BackboneState, PretextDecoderState
+
+    wf = workflow(PRETRAIN, **stage_overrides(tmp_path, demo_datalist, num_epochs=4), output_dir=str(tmp_path / "logs"))
+    network_def, pretext = wf.parser.get_parsed_content("network_def"), wf.parser.get_parsed_content("pretext#model")
+    heads = wf.parser.get_parsed_content("head_modules")
+    history: list[tuple[float, dict, dict]] = []
+
+    def record(engine):
+        history.append((float(engine.state.metrics["val_pretext_loss"]), BackboneState(network_def, heads).state_dict(),
+                        PretextDecoderState(pretext).state_dict()))
+
+    wf.parser.get_parsed_content("validate#evaluator").add_event_handler(Events.EPOCH_COMPLETED, record)
+    wf.run()
+    wf.finalize()
+    losses = [h[0] for h in history]
+    best, worst = losses.index(min(losses)), losses.index(max(losses))
+    assert len(losses) == 4 and best != worst, losses
+    saved = torch.load(tmp_path / "models" / "backbone.pt", weights_only=True)
+    decoder = torch.load(tmp_path / "models" / "pretext_decoder.pt", weights_only=True)
+    for state, expected in ((saved, history[best][1]), (decoder, history[best][2])):
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in state), f"not the best epoch's ({losses})"
+    assert any(not torch.equal(saved[k], history[worst][1][k]) for k in saved)
+
+
+def test_tpp_starts_from_the_stage0_decoder_or_a_fresh_one(demo_datalist, tmp_path):
+    from tpp_components.pretext import PretextDecoderError, decoder_state_dict
+
+    common = stage_overrides(tmp_path, demo_datalist)
+    run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
+    saved = torch.load(tmp_path / "models" / "pretext_decoder.pt", weights_only=True)
+    reused = decoder_state_dict(workflow(TPP, **common).parser.get_parsed_content("pretext#model"))
+    assert reused.keys() == saved.keys() and all(torch.equal(reused[k], saved[k]) for k in saved)
+    fresh = decoder_state_dict(workflow(TPP, reuse_decoder=False, **common).parser.get_parsed_content("pretext#model"))
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved)
+    # a missing decoder is an error naming the file, not a silent fresh start
+    with pytest.raises(RuntimeError) as err:
+        workflow(TPP, pretext_decoder=str(tmp_path / "nowhere.pt"), **common).parser.get_parsed_content("pretext#model")
+    assert isinstance(err.value.__cause__, PretextDecoderError) and "nowhere.pt" in str(err.value.__cause__)
+
+
+def test_inference_network_and_peft_equal_train():
+    """inference.json runs alone (MONAI Label, the zoo's checks): its network and peft must be train.json's."""
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config(str(CONFIGS / "train.json"))
+    infer.read_config(str(CONFIGS / "inference.json"))
+    for parser in (train, infer):
+        parser["bundle_root"] = str(BUNDLE)
+    for key in ("peft", "freeze_backbone", "pooling", "head_norm", "image_size", "patch_size", "num_classes", "class_names"):
+        assert train.get_parsed_content(key) == infer.get_parsed_content(key), key
+    resolved = [p.get_parsed_content("backbone", instantiate=False).get_config() for p in (train, infer)]
+    assert resolved[0] == resolved[1] and resolved[0]["in_channels"] == 1
+    assert train["preprocessing"] == infer["preprocessing"]["transforms"]
+
+
+def test_inference_reads_upper_case_extensions_and_refuses_an_empty_folder(demo_datalist, tmp_path):
+    from tpp_components.data import DatalistError
+
+    common = stage_overrides(tmp_path, demo_datalist)
+    run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
+    run(TRAIN, output_dir=str(tmp_path / "train"), init="standard", **common)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, item in enumerate(load_datalist(demo_datalist)["test"][:2]):
+        (images / f"case {i}.{'PNG' if i else 'Jpg'}").write_bytes(Path(item["image"]).read_bytes())
+    (images / "case 0_mask.png").write_bytes(Path(item["image"]).read_bytes())  # masks beside images are skipped
+    run(["inference.json"], workflow_type="infer", input_dir=str(images), output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models"))
+    assert len((tmp_path / "pred" / "predictions.csv").read_text().strip().splitlines()) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RuntimeError) as err:
+        run(["inference.json"], workflow_type="infer", input_dir=str(empty), output_dir=str(tmp_path / "pred2"), ckpt_dir=str(tmp_path / "models"))
+    assert isinstance(err.value.__cause__, DatalistError) and str(empty) in str(err.value.__cause__)
+
+
+def test_backbone_state_honours_strict(tmp_path):
+    from tpp_components.handlers import BackboneState
+
+    net = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
+    parser = ConfigParser(net)
+    backbone = parser.get_parsed_content("backbone")
+    view = BackboneState(backbone, ["classification_head"])
+    state = view.state_dict()
+    assert not any(k.startswith("classification_head") for k in state)
+    partial = {k: v for k, v in state.items() if not k.startswith("blocks.0.")}
+    with pytest.raises(KeyError, match="missing keys"):
+        view.load_state_dict(partial, strict=True)
+    with pytest.raises(KeyError, match="unexpected keys"):
+        view.load_state_dict({**state, "decoder_pred.weight": torch.zeros(1)}, strict=True)
+    view.load_state_dict(partial, strict=False)
+    view.load_state_dict(state, strict=True)

@@ -19,14 +19,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from bundle_utils import EVALUATE, PRETRAIN, TRAIN, run, stage_overrides
 from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tools.tpp_experiment import REFERENCE_ARMS
-from tpp_components.data import load_datalist, write_datalist
 
 #: stage 0 on the demo data: the last held-out pretext loss must be this fraction below the first
 #: epoch's (measured: 1.20 -> 0.72 in 20 epochs, a 40 % drop; see the closing note of issue 5)
@@ -34,7 +32,7 @@ PRETEXT_DROP = 0.15
 #: demo data: balanced accuracy over the trivial predictor's (1 / classes), in points
 #: (measured on the demo test split: linear probe +42, LoRA +52 points after 20 + 15 epochs)
 DEMO_MARGIN = 0.20
-#: real BUSI, short run: balanced accuracy over chance (1/3), in points (measured: +22)
+#: real BUSI, short run: balanced accuracy over chance (1/3), in points (measured: +13)
 BUSI_MARGIN = 0.08
 
 
@@ -94,12 +92,13 @@ def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
 
 
 def test_gate_finetuning_beats_trivial_on_real_busi(tmp_path):
+    """A short real run of the whole pipeline: stage 0 on the BUSI training images (no labels,
+    30 epochs), then LoRA fine-tuning (20 epochs); the model must beat chance on the whole test
+    split (n=156) in balanced accuracy. (A ViT trained from random weights does not: measured
+    0.333 after 25 epochs, so this gate also checks that stage 0 helps.)"""
     busi = require_data("busi_classification")
-    full = load_datalist(prepare_busi(data_dir=str(busi), output=str(tmp_path / "full.json"), seed=0))
-    datalist = str(write_datalist(full, tmp_path / "busi.json"))
-    # full fine-tuning of the bundle's ViT from random weights: a short run on the real training
-    # split that must already beat chance on the whole test split (n=156)
-    torch.manual_seed(0)
-    report = _train_and_evaluate(tmp_path, datalist, None, "full", 12, **_arm("full_finetune"))
+    datalist = str(prepare_busi(data_dir=str(busi), output=str(tmp_path / "busi.json"), seed=0))
+    run(PRETRAIN, **stage_overrides(tmp_path, datalist, num_epochs=30), output_dir=str(tmp_path / "logs"))
+    report = _train_and_evaluate(tmp_path, datalist, tmp_path / "models" / "backbone.pt", "lora", 20)
     assert report["num_samples"] == 156
     assert report["balanced_accuracy"] >= 1 / 3 + BUSI_MARGIN, (report["balanced_accuracy"], report["per_class"])
