@@ -74,6 +74,7 @@ def demo_stage0(tmp_path_factory) -> tuple[Path, str, list[float]]:
 
 def test_gate_stage0_pretext_loss_falls_on_demo_data(demo_stage0):
     tmp, _, curve = demo_stage0
+    print(f"stage-0 held-out pretext loss by epoch: {[round(v, 4) for v in curve]}")
     assert len(curve) == 20
     assert curve[-1] < (1 - PRETEXT_DROP) * curve[0], f"held-out pretext loss by epoch: {curve}"
     # the saved backbone is the best epoch's (lower is better), not the first
@@ -87,6 +88,7 @@ def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
     lora = _train_and_evaluate(tmp, datalist, backbone, "lora", 15)
     chance = 1 / 3
     for name, report in (("linear probe", probe), ("lora", lora)):
+        print(f"demo {name}: balanced accuracy {report['balanced_accuracy']:.3f}, accuracy {report['accuracy']:.3f}")
         assert report["balanced_accuracy"] >= chance + DEMO_MARGIN, (name, report["balanced_accuracy"], report["per_class"])
         assert report["accuracy"] >= report["majority_rate"] + DEMO_MARGIN, (name, report["accuracy"])
 
@@ -100,5 +102,6 @@ def test_gate_finetuning_beats_trivial_on_real_busi(tmp_path):
     datalist = str(prepare_busi(data_dir=str(busi), output=str(tmp_path / "busi.json"), seed=0))
     run(PRETRAIN, **stage_overrides(tmp_path, datalist, num_epochs=30), output_dir=str(tmp_path / "logs"))
     report = _train_and_evaluate(tmp_path, datalist, tmp_path / "models" / "backbone.pt", "lora", 20)
+    print(f"BUSI short run, LoRA: balanced accuracy {report['balanced_accuracy']:.3f}, macro AUC {report['macro_auc']:.3f}")
     assert report["num_samples"] == 156
     assert report["balanced_accuracy"] >= 1 / 3 + BUSI_MARGIN, (report["balanced_accuracy"], report["per_class"])

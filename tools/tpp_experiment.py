@@ -194,6 +194,7 @@ def run(
     train_epochs: int = 20,
     reference_arms: list[str] | tuple[str, ...] = ("linear_probe", "full_finetune"),
     fresh_decoder_seeds: list[int] | tuple[int, ...] = (),
+    fresh_decoder_methods: list[str] | tuple[str, ...] = ("lora",),
     jobs: int = 1,
     threads: int = 2,
     bundle: str = str(DEFAULT_BUNDLE),
@@ -212,6 +213,7 @@ def run(
         reference_arms: keys of :data:`REFERENCE_ARMS`, run first (one run per seed).
         fresh_decoder_seeds: seeds that also run TPP from a fresh decoder (``reuse_decoder=False``)
             and fine-tune from it (arm ``<method>/tpp_fresh_decoder``).
+        fresh_decoder_methods: the methods (among ``methods``) that get the fresh-decoder arm.
         jobs: runs in parallel (each with ``threads`` torch threads: keep jobs x threads <= cores).
         threads: torch threads per run.
         bundle: bundle folder.
@@ -262,10 +264,11 @@ def run(
               + f" (train {seconds['train']:.0f} s)", flush=True)
         return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed, "test": report, "seconds": seconds}
 
-    tpp_jobs = [(m, s, False) for s in seeds for m in methods] + [(m, s, True) for s in fresh_decoder_seeds for m in methods]
+    fresh_methods = [m for m in methods if m in fresh_decoder_methods]
+    tpp_jobs = [(m, s, False) for s in seeds for m in methods] + [(m, s, True) for s in fresh_decoder_seeds for m in fresh_methods]
     train_jobs = [(a, "standard", s) for s in seeds for a in reference_arms]
     train_jobs += [(m, i, s) for s in seeds for m in methods for i in ("standard", "tpp")]
-    train_jobs += [(m, "tpp_fresh_decoder", s) for s in fresh_decoder_seeds for m in methods]
+    train_jobs += [(m, "tpp_fresh_decoder", s) for s in fresh_decoder_seeds for m in fresh_methods]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         tpp_futures = [pool.submit(tpp_job, *j) for j in tpp_jobs]
         timings["tpp"] = sum(f.result()[1] for f in tpp_futures)
@@ -274,7 +277,7 @@ def run(
     for m in methods:
         if seeds:
             curves[f"TPP {m} seed {seeds[0]}"] = pretext_curve(work / f"{m}_seed{seeds[0]}" / "stage1_tpp" / "logs")
-        if fresh_decoder_seeds:
+        if fresh_decoder_seeds and m in fresh_methods:
             s = fresh_decoder_seeds[0]
             curves[f"TPP {m} seed {s}, fresh decoder"] = pretext_curve(work / f"{m}_seed{s}" / "stage1_tpp_fresh_decoder" / "logs")
     summary, table = summarise(runs, num_classes, curves)

@@ -3,6 +3,9 @@
 from tpp_components.engines.pretext import (
     PRETEXT_KEY_METRIC,
     PRETEXT_NEGATIVE_SIGN,
-    PretextEvaluator, PretextLoss, PretextTrainer, lower_is_better,
+    PretextEvaluator,
+    PretextLoss,
+    PretextTrainer,
+    lower_is_better,
     pretext_loss,
 )

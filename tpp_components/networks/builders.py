@@ -64,7 +64,7 @@ def build_network(
     Example::
 
         >>> vit = ViT(1, (64, 64), 8, spatial_dims=2, classification=True, num_classes=3, post_activation="none")
-        >>> net = build_network(vit, peft={"method": "lora", "r": 8}, init="standard")
+        >>> net = build_network(vit, peft={"method": "lora", "r": 8}, backbone_weights="models/backbone.pt")
     """
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got '{init}'.")

@@ -1,0 +1,48 @@
+"""The experiment report: reference arms first, the backbone gate, paired differences with intervals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tools.tpp_experiment import GATE_MIN_AUC, backbone_gate, summarise, t_interval
+
+
+def _run(arm: str, seed: int, auc: float, bal: float) -> dict:
+    method, init = arm.split("/")
+    test = {"accuracy": bal, "balanced_accuracy": bal, "macro_auc": auc, "majority_rate": 0.558, "num_samples": 156}
+    return {"arm": arm, "method": method, "init": init, "seed": seed, "test": test, "seconds": {"train": 1.0}}
+
+
+def test_t_interval_known_values():
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # sd = 1.5811, t(0.975, 4) = 2.776: half-width 1.963
+    assert mean == pytest.approx(3.0) and hi - mean == pytest.approx(2.776 * 1.5811388 / math.sqrt(5), rel=1e-4)
+    assert lo == pytest.approx(2 * mean - hi)
+    assert math.isnan(t_interval([1.0])[1])
+
+
+def test_backbone_gate_thresholds():
+    assert backbone_gate(0.80, 0.60, 3) == []
+    assert len(backbone_gate(GATE_MIN_AUC - 0.01, 0.60, 3)) == 1
+    reasons = backbone_gate(0.60, 0.36, 3)
+    assert len(reasons) == 2 and "within 5 points of chance" in reasons[1]
+
+
+@pytest.mark.parametrize("probe_auc,probe_bal,passes", [(0.80, 0.60, True), (0.55, 0.34, False)])
+def test_summary_puts_reference_arms_first_and_labels_a_failed_gate(probe_auc, probe_bal, passes):
+    runs = []
+    for seed in range(3):
+        runs += [_run("lora/tpp", seed, 0.70 + 0.01 * seed, 0.50), _run("lora/standard", seed, 0.68, 0.48 - 0.01 * seed),
+                 _run("linear_probe/standard", seed, probe_auc, probe_bal), _run("full_finetune/standard", seed, 0.75, 0.55)]
+    summary, table = summarise(runs, num_classes=3)
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "/" in line.split("|")[1]]
+    assert rows[:2] == ["full_finetune/standard", "linear_probe/standard"]
+    assert summary["backbone_gate"]["passed"] is passes
+    assert ("NOT evidence" in table) is (not passes)
+    paired = summary["paired"]["lora/tpp - lora/standard"]
+    assert paired["macro_auc"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
+    assert paired["balanced_accuracy"]["mean"] == pytest.approx(3.0)
+    lo, hi = paired["macro_auc"]["ci95"]
+    assert lo < 3.0 < hi
