@@ -27,12 +27,13 @@ from tools.prepare_busi import main as prepare_busi
 from tools.tpp_experiment import REFERENCE_ARMS
 
 #: stage 0 on the demo data: the last held-out pretext loss must be this fraction below the first
-#: epoch's (measured: 1.20 -> 0.72 in 20 epochs, a 40 % drop; see the closing note of issue 5)
-PRETEXT_DROP = 0.15
-#: demo data: balanced accuracy over the trivial predictor's (1 / classes), in points
-#: (measured on the demo test split: linear probe +42, LoRA +52 points after 20 + 15 epochs)
-DEMO_MARGIN = 0.20
-#: real BUSI, short run: balanced accuracy over chance (1/3), in points (measured: +13)
+#: epoch's (measured: 1.198 -> 0.977 in 20 epochs, an 18 % drop; the speckle is unpredictable,
+#: so the loss has a high floor)
+PRETEXT_DROP = 0.10
+#: demo data: balanced accuracy (and accuracy over the majority rate) over the trivial
+#: predictor's 1/3, in points (measured on the demo test split, n=36: linear probe +28, LoRA +31)
+DEMO_MARGIN = 0.15
+#: real BUSI, short run: balanced accuracy over chance (1/3), in points (measured: +13, 0.466)
 BUSI_MARGIN = 0.08
 
 
