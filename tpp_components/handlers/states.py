@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from tpp_components.peft import get_peft_method, is_under, merge, unwrap
 from tpp_components.peft.inject import PEFT_ATTRIBUTE
-from tpp_components.pretext.decoder import decoder_state_dict
+from tpp_components.pretext.decoder import DECODER_EXCLUDES
 
 __all__ = ["TrainableState", "DeployableState", "BackboneState", "PretextDecoderState"]
 
@@ -59,44 +59,53 @@ class DeployableState:
         raise NotImplementedError("load models/model.pt into the bundle's network_def instead.")
 
 
-class BackboneState:
-    """A network's state dict without its task head: the stage-0 backbone checkpoint."""
+class _PartialState:
+    """A view of the tensors of ``module`` whose names ``_keep`` accepts.
 
-    def __init__(self, network: nn.Module, head_modules: Sequence[str] = ()) -> None:
-        self.network = network
-        self.head_modules = tuple(head_modules)
+    ``load_state_dict`` with ``strict`` refuses, naming them, any missing or unexpected key;
+    without it, the keys the view holds are loaded and the others ignored.
+    """
+
+    what = "checkpoint"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def _keep(self, key: str) -> bool:
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            k: v.detach().clone()
-            for k, v in unwrap(self.network).state_dict().items()
-            if not is_under(k, self.head_modules)
-        }
+        return {k: v.detach().clone() for k, v in unwrap(self.module).state_dict().items() if self._keep(k)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Load a backbone checkpoint; with ``strict`` every backbone key must be present and
-        no other key (the task head is allowed to be absent), else ``KeyError`` names them."""
-        network = unwrap(self.network)
         expected = set(self.state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if strict and (missing or unexpected):
-            raise KeyError(f"backbone checkpoint: missing keys {missing[:8]} ({len(missing)}), unexpected keys {unexpected[:8]} ({len(unexpected)}).")
-        network.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+            raise KeyError(
+                f"{self.what}: missing keys {missing[:8]} ({len(missing)}), unexpected keys {unexpected[:8]} ({len(unexpected)})."
+            )
+        unwrap(self.module).load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
-class PretextDecoderState:
+class BackboneState(_PartialState):
+    """A network's state dict without its task head: the stage-0 backbone checkpoint
+    (with ``strict``, the task head may be absent but every backbone key must be there)."""
+
+    what = "backbone checkpoint"
+
+    def __init__(self, network: nn.Module, head_modules: Sequence[str] = ()) -> None:
+        super().__init__(network)
+        self.head_modules = tuple(head_modules)
+
+    def _keep(self, key: str) -> bool:
+        return not is_under(key, self.head_modules)
+
+
+class PretextDecoderState(_PartialState):
     """The decoder of a pretext module (everything but its ``network``), saved beside the stage-0
     backbone so that TPP can start from it (:func:`tpp_components.pretext.load_decoder`)."""
 
-    def __init__(self, pretext: nn.Module) -> None:
-        self.pretext = pretext
+    what = "pretext decoder checkpoint"
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in decoder_state_dict(unwrap(self.pretext)).items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-        own = set(self.state_dict())
-        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        if strict and (missing or unexpected):
-            raise KeyError(f"pretext decoder checkpoint: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}.")
-        unwrap(self.pretext).load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    def _keep(self, key: str) -> bool:
+        return not is_under(key, DECODER_EXCLUDES)

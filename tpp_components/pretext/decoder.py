@@ -16,7 +16,10 @@ import torch.nn as nn
 
 from tpp_components.peft.base import is_under
 
-__all__ = ["PretextDecoderError", "decoder_state_dict", "load_decoder"]
+__all__ = ["PretextDecoderError", "decoder_state_dict", "load_decoder", "DECODER_EXCLUDES"]
+
+#: the part of a pretext module that is not its decoder: the wrapped task network
+DECODER_EXCLUDES = ("network",)
 
 
 class PretextDecoderError(ValueError):
@@ -25,7 +28,7 @@ class PretextDecoderError(ValueError):
 
 def decoder_state_dict(pretext: nn.Module) -> dict[str, torch.Tensor]:
     """The pretext module's own tensors (its decoder), without the wrapped ``network``."""
-    return {k: v for k, v in pretext.state_dict().items() if not is_under(k, ("network",))}
+    return {k: v for k, v in pretext.state_dict().items() if not is_under(k, DECODER_EXCLUDES)}
 
 
 def load_decoder(pretext: nn.Module, path: str | os.PathLike) -> nn.Module:
