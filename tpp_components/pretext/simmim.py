@@ -1,26 +1,50 @@
 """SimMIM-style masked image modelling (Xie et al., CVPR 2022) for any supported encoder.
 
-Random patches of the input are replaced by a learnable per-channel value (pixel-space masking,
-so it works for ViT, UNETR and SwinUNETR alike); the encoder's last feature map is decoded by a
-single 1x1 convolution and pixel shuffle, and the loss is L1 on the masked pixels only.
+Random patches of the input are masked. Encoders with a patch-embedding hook (TinyViT) see the
+masked embeddings replaced by a learned mask token, as in SimMIM; the others (ViT, UNETR,
+SwinUNETR) see the masked pixels replaced by a learned per-channel value. Two targets:
+
+- ``"pixels"`` (SimMIM): the last feature map is decoded by one 1x1 convolution and pixel
+  shuffle; L1 on the masked pixels.
+- ``"features"`` (masked feature prediction): the target is the encoder's own last feature map
+  of the *unmasked* image computed with the target parameters at their values when the module
+  was built (for TPP, the method's standard initialisation, i.e. the pretrained encoder);
+  squared error between the layer-normed maps on the masked cells. No decoder is learned: the
+  target parameters learn to restore the pretrained representation on the downstream images.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.layers import Conv
 from monai.networks.utils import pixelshuffle
 
+from tpp_components.peft.inject import get_peft_method, unwrap
 from tpp_components.pretext.decoder import load_decoder
-from tpp_components.pretext.encoders import encoder_channels, encoder_feature_map, encoder_stride
+from tpp_components.pretext.encoders import (
+    embedding_channels,
+    embedding_stride,
+    encoder_channels,
+    encoder_feature_map,
+    encoder_stride,
+    masked_feature_map,
+)
 from tpp_components.pretext.patches import random_patch_mask, upsample_patch_mask
 
-__all__ = ["SimMIM"]
+__all__ = ["SimMIM", "SIMMIM_TARGETS"]
+
+#: what the masked positions are trained to predict
+SIMMIM_TARGETS = ("pixels", "features")
+
+
+def _channel_layer_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1)
 
 
 class SimMIM(nn.Module):
-    """SimMIM pretext around the encoder of a MONAI ``ViT``, ``UNETR`` or ``SwinUNETR``.
+    """SimMIM pretext around the encoder of a MONAI ``ViT``, ``UNETR``, ``SwinUNETR`` or a ``TinyViT``.
 
     Args:
         network: the (possibly injected) network.
@@ -29,6 +53,8 @@ class SimMIM(nn.Module):
         mask_patch: side of a masked patch in pixels (a multiple of the encoder stride).
         mask_ratio: fraction of masked patches.
         decoder_weights: a decoder saved by stage 0 to start from; None starts a fresh one.
+        target: ``"pixels"`` or ``"features"`` (see the module docstring); ``"features"``
+            needs an injected PEFT method (its target parameters define the reference encoder).
 
     Example::
 
@@ -38,34 +64,82 @@ class SimMIM(nn.Module):
 
     def __init__(
         self, network: nn.Module, spatial_dims: int, in_channels: int, mask_patch: int | None = None, mask_ratio: float = 0.6,
-        decoder_weights: str | None = None,
+        decoder_weights: str | None = None, target: str = "pixels",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if target not in SIMMIM_TARGETS:
+            raise ValueError(f"SimMIM target must be one of {SIMMIM_TARGETS}, got '{target}'.")
         self.network = network
         self.spatial_dims = spatial_dims
+        self.target = target
         self.stride = encoder_stride(network)
         self.mask_patch = mask_patch or self.stride
         if self.mask_patch % self.stride:
             raise ValueError(f"mask_patch {self.mask_patch} must be a multiple of the encoder stride {self.stride}.")
         self.mask_ratio = mask_ratio
-        self.mask_value = nn.Parameter(torch.zeros(1, in_channels, *([1] * spatial_dims)))
-        out = in_channels * self.stride**spatial_dims
-        self.decoder = Conv[Conv.CONV, spatial_dims](encoder_channels(network), out, kernel_size=1)
+        token_channels = embedding_channels(network)
+        if token_channels is not None:
+            self.embed_stride = embedding_stride(network)
+            self.mask_token = nn.Parameter(torch.zeros(token_channels))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+        else:
+            self.mask_value = nn.Parameter(torch.zeros(1, in_channels, *([1] * spatial_dims)))
+        if target == "pixels":
+            out = in_channels * self.stride**spatial_dims
+            self.decoder = Conv[Conv.CONV, spatial_dims](encoder_channels(network), out, kernel_size=1)
+        else:
+            try:
+                method = get_peft_method(unwrap(network))
+            except (TypeError, ValueError, AttributeError) as err:
+                raise ValueError(
+                    "SimMIM target='features' predicts the pretrained encoder's features, which are defined by the "
+                    f"target parameters at their initial values; the network has no PEFT method injected ({err})."
+                ) from None
+            names = set(method.target_names)
+            # the reference encoder: these values substituted for the target parameters
+            self._reference = {n: p.detach().clone() for n, p in network.named_parameters() if n in names}
         if decoder_weights:
             load_decoder(self, decoder_weights)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns ``loss`` (L1 on masked pixels), ``pred`` (the reconstruction) and ``mask`` (pixel mask)."""
+    def _mask(self, images: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         spatial = images.shape[2:]
         if any(s % self.mask_patch for s in spatial):
             raise ValueError(f"image size {tuple(spatial)} must be divisible by the mask patch {self.mask_patch}.")
         grid = [s // self.mask_patch for s in spatial]
         n = int(torch.tensor(grid).prod())
-        mask = upsample_patch_mask(random_patch_mask(images.shape[0], n, self.mask_ratio, images.device), grid, self.mask_patch)
-        masked = images * (1 - mask) + self.mask_value * mask
-        features = encoder_feature_map(self.network, masked)
+        return random_patch_mask(images.shape[0], n, self.mask_ratio, images.device), grid
+
+    @torch.no_grad()
+    def _reference_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The unmasked images' feature map with the target parameters at their reference values."""
+        params = dict(self.network.named_parameters())
+        current = {n: params[n].detach().clone() for n in self._reference}
+        try:
+            for name, value in self._reference.items():
+                params[name].copy_(value)
+            return encoder_feature_map(self.network, images)
+        finally:
+            for name, value in current.items():
+                params[name].copy_(value)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Returns ``loss``, ``mask`` (pixel mask) and, for the pixel target, ``pred`` (the reconstruction)."""
+        patch_mask, grid = self._mask(images)
+        mask = upsample_patch_mask(patch_mask, grid, self.mask_patch)
+        # the reference features first: they swap parameter values, which must precede the graph
+        wanted = self._reference_features(images) if self.target == "features" else None
+        if hasattr(self, "mask_token"):
+            token_mask = upsample_patch_mask(patch_mask, grid, self.mask_patch // self.embed_stride)
+            features = masked_feature_map(self.network, images, token_mask, self.mask_token)
+        else:
+            features = encoder_feature_map(self.network, images * (1 - mask) + self.mask_value * mask)
+        if wanted is not None:
+            cell_mask = upsample_patch_mask(patch_mask, grid, self.mask_patch // self.stride)
+            error = (_channel_layer_norm(features) - _channel_layer_norm(wanted)).pow(2).mean(dim=1, keepdim=True)
+            loss = (error * cell_mask).sum() / cell_mask.sum()
+            return {"loss": loss, "mask": mask}
         pred = pixelshuffle(self.decoder(features), self.spatial_dims, self.stride)
         per_pixel = (pred - images).abs() * mask
         loss = per_pixel.sum() / (mask.sum() * images.shape[1])
