@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch.nn as nn
 from monai.networks.nets import UNETR, SwinUNETR
 
-from tpp_components.networks import ViTClassifier
+from tpp_components.networks import TinyViTClassifier, ViTClassifier
 
 SIZE = 32
 
-BACKBONES = ["vit", "unetr", "swinunetr"]
+BACKBONES = ["vit", "unetr", "swinunetr", "tinyvit"]
 DIMS = [2, 3]
+#: (backbone, spatial_dims) pairs that exist: TinyViT is 2D only
+CASES = [(b, d) for b in BACKBONES for d in DIMS if not (b == "tinyvit" and d == 3)]
 
 METHODS = {
     "lora": {"method": "lora", "r": 4, "alpha": 8, "target_modules": "attention"},
@@ -47,9 +49,19 @@ def make_backbone(kind: str, dims: int, seed: int = 0) -> nn.Module:
         return UNETR(1, 2, size, feature_size=4, hidden_size=32, mlp_dim=64, num_heads=2, spatial_dims=dims, qkv_bias=True)
     if kind == "swinunetr":
         return SwinUNETR(in_channels=1, out_channels=2, feature_size=12, depths=(1, 1, 1, 1), spatial_dims=dims)
+    if kind == "tinyvit":
+        # LiteMedSAM's layout (conv stage with BatchNorm, windowed stages, stride 4), scaled down;
+        # window sizes that need padding at this size, as LiteMedSAM's do at 64 px
+        return TinyViTClassifier(
+            spatial_dims=dims, in_channels=1, num_classes=3, embed_dims=(8, 16, 16, 32), depths=(1, 1, 2, 1),
+            num_heads=(1, 2, 2, 4), window_sizes=(3, 3, 5, 3), downsample_strides=(2, 2, 1),
+        )
     raise ValueError(kind)
 
 
-def supported(kind: str, method: str) -> bool:
-    """VPT needs a ViT token sequence: SwinUNETR is refused (tested separately)."""
-    return not (method.startswith("prompt") and kind == "swinunetr")
+def supported(kind: str, method: str, dims: int = 2) -> bool:
+    """VPT needs a ViT token sequence: windowed SwinUNETR and TinyViT are refused (tested
+    separately); TinyViT is 2D only."""
+    if kind == "tinyvit" and dims != 2:
+        return False
+    return not (method.startswith("prompt") and kind in ("swinunetr", "tinyvit"))

@@ -39,6 +39,8 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
 #: PEFT configurations compared by default (one config value each)
 METHODS = {
     "lora": {"method": "lora", "r": 8, "alpha": 16, "target_modules": "attention"},
+    "lora_attention_mlp": {"method": "lora", "r": 8, "alpha": 16, "target_modules": "attention_mlp"},
+    "lora_late": {"method": "lora", "r": 8, "alpha": 16, "target_modules": "late_attention_mlp"},
     "adapter": {"method": "adapter", "bottleneck": 16, "scale": 0.1},
     "dora": {"method": "lora", "r": 8, "alpha": 16, "target_modules": "attention", "use_dora": True},
     "ssf": {"method": "ssf"},
@@ -193,11 +195,13 @@ def run(
     tpp_epochs: int = 20,
     train_epochs: int = 20,
     reference_arms: list[str] | tuple[str, ...] = ("linear_probe", "full_finetune"),
+    reference_seeds: dict[str, list[int]] | None = None,
     fresh_decoder_seeds: list[int] | tuple[int, ...] = (),
     fresh_decoder_methods: list[str] | tuple[str, ...] = ("lora",),
     jobs: int = 1,
     threads: int = 2,
     bundle: str = str(DEFAULT_BUNDLE),
+    switch: str | None = None,
 ) -> dict:
     """Run stage 0 (unless ``backbone`` is given), the reference arms, then TPP and fine-tuning per method and seed.
 
@@ -211,12 +215,17 @@ def run(
         pretrain_datalist: unlabeled images for stage 0 (defaults to ``datalist``'s training split).
         pretrain_epochs / tpp_epochs / train_epochs: budgets, identical for every arm.
         reference_arms: keys of :data:`REFERENCE_ARMS`, run first (one run per seed).
+        reference_seeds: seeds of a reference arm when not all of ``seeds`` (``{"full_finetune": [0]}``
+            where a run is expensive); the report's per-arm ``n`` says how many ran.
         fresh_decoder_seeds: seeds that also run TPP from a fresh decoder (``reuse_decoder=False``)
             and fine-tune from it (arm ``<method>/tpp_fresh_decoder``).
         fresh_decoder_methods: the methods (among ``methods``) that get the fresh-decoder arm.
         jobs: runs in parallel (each with ``threads`` torch threads: keep jobs x threads <= cores).
         threads: torch threads per run.
         bundle: bundle folder.
+        switch: a backbone switch of the bundle (e.g. ``"litemedsam.json"``), merged after
+            ``train.json`` in every stage. Its backbone is pretrained: there is no stage 0, the
+            switch supplies the weights, and TPP starts from a fresh decoder.
     """
     work, bundle_path = Path(workdir).resolve(), Path(bundle).resolve()
     datalist = str(Path(datalist).resolve())
@@ -225,7 +234,13 @@ def run(
         raise ValueError(f"unknown methods / reference arms {unknown}; expected {sorted(METHODS)} / {sorted(REFERENCE_ARMS)}.")
     num_classes = len(json.loads(Path(datalist).read_text()).get("labels") or {}) or 3
     timings: dict[str, float] = {}
-    if backbone is None:
+    base = ["train.json"] + ([switch] if switch else [])
+    if switch and backbone is not None:
+        raise ValueError(f"the switch '{switch}' supplies its pretrained backbone; do not give backbone={backbone!r} too.")
+    if switch:
+        common = {"datalist": datalist}
+        decoder = None
+    elif backbone is None:
         backbone = str(work / "stage0" / "backbone.pt")
         timings["pretrain"] = bundle_run(
             bundle_path, ["train.json", "pretrain.json"],
@@ -234,16 +249,18 @@ def run(
             work / "stage0" / "pretrain.log", threads * jobs,
         )
         print(f"stage 0: {timings['pretrain']:.0f} s", flush=True)
-    backbone_path = Path(backbone).resolve()
-    decoder = backbone_path.parent / "pretext_decoder.pt"
-    common = {"datalist": datalist, "backbone_weights": str(backbone_path)}
+    if not switch:
+        backbone_path = Path(backbone).resolve()
+        decoder = backbone_path.parent / "pretext_decoder.pt"
+        common = {"datalist": datalist, "backbone_weights": str(backbone_path)}
 
     def tpp_job(method: str, seed: int, fresh: bool) -> tuple[str, float]:
         tpp_dir = work / f"{method}_seed{seed}" / ("stage1_tpp_fresh_decoder" if fresh else "stage1_tpp")
-        t = bundle_run(bundle_path, ["train.json", "tpp.json"], {
-            **common, "peft": METHODS[method], "seed": seed, "ckpt_dir": str(tpp_dir),
-            "output_dir": str(tpp_dir / "logs"), "num_epochs": tpp_epochs, "pretext_decoder": str(decoder),
-            "reuse_decoder": not fresh}, tpp_dir / "tpp.log", threads)
+        overrides = {**common, "peft": METHODS[method], "seed": seed, "ckpt_dir": str(tpp_dir),
+                     "output_dir": str(tpp_dir / "logs"), "num_epochs": tpp_epochs}
+        if decoder is not None:
+            overrides.update(pretext_decoder=str(decoder), reuse_decoder=not fresh)
+        t = bundle_run(bundle_path, base + ["tpp.json"], overrides, tpp_dir / "tpp.log", threads)
         print(f"seed {seed} {method}: TPP{' (fresh decoder)' if fresh else ''} {t:.0f} s", flush=True)
         return str(tpp_dir), t
 
@@ -253,10 +270,10 @@ def run(
         overrides.update(common, seed=seed, ckpt_dir=str(run_dir))
         if method in METHODS and init != "standard":
             overrides["tpp_target_parameters"] = str(work / f"{method}_seed{seed}" / f"stage1_{init}" / "tpp_target_parameters.safetensors")
-        seconds = {"train": bundle_run(bundle_path, ["train.json"], {
+        seconds = {"train": bundle_run(bundle_path, base, {
             **overrides, "init": "tpp" if init != "standard" else "standard", "num_epochs": train_epochs,
             "output_dir": str(run_dir / "logs")}, run_dir / "train.log", threads)}
-        seconds["evaluate"] = bundle_run(bundle_path, ["train.json", "evaluate.json"], {
+        seconds["evaluate"] = bundle_run(bundle_path, base + ["evaluate.json"], {
             **{k: v for k, v in overrides.items() if k not in ("backbone_weights",)}, "output_dir": str(run_dir / "eval"),
         }, run_dir / "evaluate.log", threads)
         report = json.loads((run_dir / "eval" / "classification_report.json").read_text())
@@ -266,14 +283,15 @@ def run(
 
     fresh_methods = [m for m in methods if m in fresh_decoder_methods]
     tpp_jobs = [(m, s, False) for s in seeds for m in methods] + [(m, s, True) for s in fresh_decoder_seeds for m in fresh_methods]
-    train_jobs = [(a, "standard", s) for s in seeds for a in reference_arms]
+    arm_seeds = {a: list((reference_seeds or {}).get(a, seeds)) for a in reference_arms}
+    train_jobs = [(a, "standard", s) for s in seeds for a in reference_arms if s in arm_seeds[a]]
     train_jobs += [(m, i, s) for s in seeds for m in methods for i in ("standard", "tpp")]
     train_jobs += [(m, "tpp_fresh_decoder", s) for s in fresh_decoder_seeds for m in fresh_methods]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         tpp_futures = [pool.submit(tpp_job, *j) for j in tpp_jobs]
         timings["tpp"] = sum(f.result()[1] for f in tpp_futures)
         runs = [f.result() for f in [pool.submit(train_job, *j) for j in train_jobs]]
-    curves = {"stage 0": pretext_curve(backbone_path.parent / "logs")}
+    curves = {} if switch else {"stage 0": pretext_curve(backbone_path.parent / "logs")}
     for m in methods:
         if seeds:
             curves[f"TPP {m} seed {seeds[0]}"] = pretext_curve(work / f"{m}_seed{seeds[0]}" / "stage1_tpp" / "logs")
@@ -283,7 +301,8 @@ def run(
     summary, table = summarise(runs, num_classes, curves)
     # Linux reports ru_maxrss in KiB: the largest resident set of any finished stage
     timings["peak_rss_mib_any_stage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    settings = {"datalist": datalist, "methods": list(methods), "seeds": list(seeds), "backbone": str(backbone_path),
+    settings = {"datalist": datalist, "methods": list(methods), "seeds": list(seeds),
+                "backbone": switch or str(backbone_path),
                 "pretrain_epochs": pretrain_epochs, "tpp_epochs": tpp_epochs, "train_epochs": train_epochs,
                 "reference_arms": {a: REFERENCE_ARMS[a] for a in reference_arms},
                 "peft": {m: METHODS[m] for m in methods}, "jobs": jobs, "threads": threads}

@@ -75,8 +75,8 @@ def _strip_prompts(block: nn.Module, args: tuple, output: torch.Tensor) -> torch
 class VisualPromptTuning(PeftMethod):
     """Shallow or deep prompt tokens for the transformer blocks of MONAI ``ViT`` and ``UNETR``.
 
-    SwinUNETR's windowed attention has no global token sequence, so it is refused with a
-    clear error rather than half-supported.
+    Windowed attention (SwinUNETR, TinyViT) has no global token sequence, so it is refused with
+    a clear error rather than half-supported.
     """
 
     name = "prompt"
@@ -100,7 +100,8 @@ class VisualPromptTuning(PeftMethod):
         if not any(isinstance(m, TransformerBlock) for m in network.modules()):
             raise InjectionError(
                 f"PEFT method 'prompt' needs a ViT token sequence (MONAI TransformerBlock); "
-                f"{type(network).__name__} has none (windowed Swin attention is not supported)."
+                f"{type(network).__name__} has none (windowed attention, as in SwinUNETR and TinyViT, has no global "
+                "sequence to prepend prompts to)."
             )
         super().inject(network, exclude)
 
