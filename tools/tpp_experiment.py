@@ -133,6 +133,43 @@ def _curve_text(curve: list[tuple[int, float]], points: int = 8) -> str:
     return ", ".join(f"{e}: {v:.4f}" for e, v in picked)
 
 
+def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
+    """First epoch whose value reaches ``level`` (None if none does)."""
+    return next((e for e, v in curve if v >= level), None)
+
+
+def _validation_text(arms: dict[str, list[dict]], summary: dict) -> list[str]:
+    """Validation macro AUC by epoch per arm (mean over seeds), and for each TPP arm the epoch at
+    which each seed first reaches its paired standard run's best validation AUC."""
+    lines = []
+    curves = {arm: [r.get("val_curve") or [] for r in rs] for arm, rs in arms.items()}
+    if not any(c for cs in curves.values() for c in cs):
+        return lines
+    lines.append("\nValidation macro AUC by epoch (mean over seeds):")
+    summary["validation"] = {}
+    for arm, cs in curves.items():
+        epochs = sorted({e for c in cs for e, _ in c})
+        mean = [(e, statistics.fmean(v for c in cs for ce, v in c if ce == e)) for e in epochs]
+        summary["validation"][arm] = {"mean_curve": mean}
+        lines.append(f"- {arm}: " + ", ".join(f"{e}: {v:.3f}" for e, v in mean))
+    for arm, rs in arms.items():
+        method, init = arm.split("/")
+        if not init.startswith("tpp"):
+            continue
+        std = {r["seed"]: r for r in arms.get(f"{method}/standard", [])}
+        reach = []
+        for r in rs:
+            if r["seed"] in std and std[r["seed"]].get("val_curve") and r.get("val_curve"):
+                best = max(v for _, v in std[r["seed"]]["val_curve"])
+                best_epoch = epochs_to_reach(std[r["seed"]]["val_curve"], best)
+                reach.append((r["seed"], best_epoch, epochs_to_reach(r["val_curve"], best)))
+        if reach:
+            summary["validation"][arm]["epochs_to_standard_best"] = reach
+            lines.append(f"- {arm}: epochs to reach the standard arm's best validation AUC (seed: standard -> TPP): "
+                         + ", ".join(f"{s}: {b} -> {t if t is not None else 'never'}" for s, b, t in reach))
+    return lines
+
+
 def summarise(runs: list[dict], num_classes: int, curves: dict | None = None) -> tuple[dict, str]:
     """Mean +- std per arm (reference arms first), the backbone gate, paired TPP - standard differences."""
     arms: dict[str, list[dict]] = {}
@@ -179,6 +216,7 @@ def summarise(runs: list[dict], num_classes: int, curves: dict | None = None) ->
         summary["paired"][f"{arm} - {method}/standard"] = paired
         table.append(f"| {arm} - {method}/standard | {len(pairs)} | " + " | ".join(cells) + " |")
     table.append("\n(points; mean [95 % t-interval] of the per-seed paired differences)")
+    table += _validation_text(arms, summary)
     for name, curve in (curves or {}).items():
         table.append(f"\n{name} held-out pretext loss by epoch: {_curve_text(curve)}")
     return summary, "\n".join(table)
@@ -202,6 +240,7 @@ def run(
     threads: int = 2,
     bundle: str = str(DEFAULT_BUNDLE),
     switch: str | None = None,
+    summarise_only: bool = False,
 ) -> dict:
     """Run stage 0 (unless ``backbone`` is given), the reference arms, then TPP and fine-tuning per method and seed.
 
@@ -226,7 +265,11 @@ def run(
         switch: a backbone switch of the bundle (e.g. ``"litemedsam.json"``), merged after
             ``train.json`` in every stage. Its backbone is pretrained: there is no stage 0, the
             switch supplies the weights, and TPP starts from a fresh decoder.
+        summarise_only: rebuild ``results.md`` from an earlier run's ``results.json`` and logs
+            (adds the validation curves) without running anything.
     """
+    if summarise_only:
+        return resummarise(workdir)
     work, bundle_path = Path(workdir).resolve(), Path(bundle).resolve()
     datalist = str(Path(datalist).resolve())
     unknown = sorted(set(methods) - set(METHODS)) + sorted(set(reference_arms) - set(REFERENCE_ARMS))
@@ -279,7 +322,8 @@ def run(
         report = json.loads((run_dir / "eval" / "classification_report.json").read_text())
         print(f"seed {seed} {method}/{init}: " + " ".join(f"{m} {report[m]:.3f}" for m in METRICS)
               + f" (train {seconds['train']:.0f} s)", flush=True)
-        return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed, "test": report, "seconds": seconds}
+        return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed, "test": report, "seconds": seconds,
+                "val_curve": pretext_curve(run_dir / "logs", tag="val_auc")}
 
     fresh_methods = [m for m in methods if m in fresh_decoder_methods]
     tpp_jobs = [(m, s, False) for s in seeds for m in methods] + [(m, s, True) for s in fresh_decoder_seeds for m in fresh_methods]
@@ -312,6 +356,20 @@ def run(
     (work / "results.md").write_text(table + "\n")
     print(table)
     print(f"peak memory of any stage: {timings['peak_rss_mib_any_stage']:.0f} MiB")
+    return result
+
+
+def resummarise(workdir: str) -> dict:
+    """Re-read ``<workdir>/results.json``, attach each run's validation curve from its logs, rewrite the report."""
+    work = Path(workdir).resolve()
+    result = json.loads((work / "results.json").read_text())
+    for r in result["runs"]:
+        r["val_curve"] = pretext_curve(work / f"{r['method']}_seed{r['seed']}" / r["init"] / "logs", tag="val_auc")
+    num_classes = len(result["runs"][0]["test"].get("per_class", {})) or 3
+    result["summary"], table = summarise(result["runs"], num_classes, result.get("curves"))
+    (work / "results.json").write_text(json.dumps(result, indent=4))
+    (work / "results.md").write_text(table + "\n")
+    print(table)
     return result
 
 
