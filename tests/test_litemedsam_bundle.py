@@ -35,7 +35,7 @@ INFER = ["inference.json", SWITCH]
 #: generated data, 32 px: balanced accuracy over the trivial predictor's 1/3, in points
 #: (measured on the demo test split, n=36: linear probe 0.889 (+56), LoRA 0.750 (+42))
 DEMO_MARGIN = 0.25
-#: real BUSI at 64 px, LoRA 2 epochs: balanced accuracy over chance, in points (measured +XX)
+#: real BUSI at 64 px, LoRA 2 epochs: balanced accuracy over chance, in points (measured 0.615 (+28), macro AUC 0.744)
 BUSI_MARGIN = 0.15
 
 
