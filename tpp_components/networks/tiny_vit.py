@@ -183,31 +183,13 @@ class TinyViTBlock(nn.Module):
         return tokens.permute(0, 3, 1, 2).contiguous()
 
 
-class ConvStage(nn.Module):
-    """TinyViT's first stage: MBConv blocks, then the downsampling to the next stage."""
+class TinyViTStage(nn.Module):
+    """One stage: its blocks (MBConv in stage 0, TinyViT blocks after), then the downsampling to the
+    next stage (none in the last)."""
 
-    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: nn.Module | None) -> None:
+    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([MBConv(dim, expand_ratio) for _ in range(depth)])
-        self.downsample = downsample if downsample is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.downsample(x)
-
-
-class TransformerStage(nn.Module):
-    """A TinyViT transformer stage: windowed blocks, then the downsampling (none in the last stage)."""
-
-    def __init__(
-        self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float, local_conv_size: int,
-        downsample: nn.Module | None,
-    ) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            [TinyViTBlock(dim, num_heads, window_size, mlp_ratio, local_conv_size) for _ in range(depth)]
-        )
+        self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample if downsample is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,14 +264,13 @@ class TinyViT(nn.Module):
             if i < 3:
                 down = PatchMerging(self.embed_dims[i], self.embed_dims[i + 1], int(downsample_strides[i]))
             if i == 0:
-                layers.append(ConvStage(self.embed_dims[0], int(depths[0]), mbconv_expand_ratio, down))
+                blocks = [MBConv(self.embed_dims[0], mbconv_expand_ratio) for _ in range(int(depths[0]))]
             else:
-                layers.append(
-                    TransformerStage(
-                        self.embed_dims[i], int(depths[i]), int(num_heads[i]), int(window_sizes[i]), mlp_ratio,
-                        local_conv_size, down,
-                    )
-                )
+                blocks = [
+                    TinyViTBlock(self.embed_dims[i], int(num_heads[i]), int(window_sizes[i]), mlp_ratio, local_conv_size)
+                    for _ in range(int(depths[i]))
+                ]
+            layers.append(TinyViTStage(blocks, down))
         self.layers = nn.ModuleList(layers)
         self.neck: nn.Module = nn.Identity()
         if neck_channels is not None:

@@ -27,6 +27,13 @@ class WeightsError(ValueError):
     """A backbone checkpoint does not fit the network."""
 
 
+def _substitute(key: str, rules: list[tuple[str, str]]) -> str:
+    """Apply ``(pattern, replacement)`` regex rules in order."""
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
 def _identity(key: str) -> str | None:
     return key
 
@@ -42,9 +49,7 @@ def _timm_vit(key: str) -> str | None:
         (r"\.mlp\.fc1\.", ".mlp.linear1."),
         (r"\.mlp\.fc2\.", ".mlp.linear2."),
     ]
-    for pattern, repl in rules:
-        key = re.sub(pattern, repl, key)
-    return key
+    return _substitute(key, rules)
 
 
 def _monai_mae(key: str) -> str | None:
@@ -84,9 +89,7 @@ def _litemedsam(key: str, keep_neck: bool = True) -> str | None:
         (r"\.mlp\.fc1\.", ".mlp.linear1."),
         (r"\.mlp\.fc2\.", ".mlp.linear2."),
     ]
-    for pattern, repl in rules:
-        key = re.sub(pattern, repl, key)
-    return key
+    return _substitute(key, rules)
 
 
 def _litemedsam_trunk(key: str) -> str | None:
