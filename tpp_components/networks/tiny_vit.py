@@ -187,9 +187,9 @@ class TinyViTStage(nn.Module):
     """One stage: its blocks (MBConv in stage 0, TinyViT blocks after), then the downsampling to the
     next stage (none in the last)."""
 
-    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None) -> None:
+    def __init__(self, blocks: nn.ModuleList, downsample: nn.Module | None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = blocks
         self.downsample = downsample if downsample is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +270,7 @@ class TinyViT(nn.Module):
                     TinyViTBlock(self.embed_dims[i], int(num_heads[i]), int(window_sizes[i]), mlp_ratio, local_conv_size)
                     for _ in range(int(depths[i]))
                 ]
-            layers.append(TinyViTStage(blocks, down))
+            layers.append(TinyViTStage(nn.ModuleList(blocks), down))
         self.layers = nn.ModuleList(layers)
         self.neck: nn.Module = nn.Identity()
         if neck_channels is not None:
