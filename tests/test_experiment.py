@@ -46,3 +46,15 @@ def test_summary_puts_reference_arms_first_and_labels_a_failed_gate(probe_auc, p
     assert paired["balanced_accuracy"]["mean"] == pytest.approx(3.0)
     lo, hi = paired["macro_auc"]["ci95"]
     assert lo < 3.0 < hi
+
+
+def test_validation_curves_and_epochs_to_the_standard_best():
+    runs = []
+    for seed, (std, tpp) in enumerate([([0.6, 0.7, 0.8], [0.75, 0.8, 0.82]), ([0.6, 0.9, 0.85], [0.7, 0.8, 0.85])]):
+        runs += [{**_run("lora/standard", seed, 0.8, 0.5), "val_curve": list(enumerate(std, start=1))},
+                 {**_run("lora/tpp", seed, 0.8, 0.5), "val_curve": list(enumerate(tpp, start=1))}]
+    summary, table = summarise(runs, num_classes=3)
+    # seed 0: standard best 0.8 at epoch 3, TPP reaches it at epoch 2; seed 1: 0.9 at 2, TPP never
+    assert summary["validation"]["lora/tpp"]["epochs_to_standard_best"] == [(0, 3, 2), (1, 2, None)]
+    assert summary["validation"]["lora/standard"]["mean_curve"][1] == (2, pytest.approx(0.8))
+    assert "0: 3 -> 2, 1: 2 -> never" in table
