@@ -265,8 +265,8 @@ def run(
         switch: a backbone switch of the bundle (e.g. ``"litemedsam.json"``), merged after
             ``train.json`` in every stage. Its backbone is pretrained: there is no stage 0, the
             switch supplies the weights, and TPP starts from a fresh decoder.
-        summarise_only: rebuild ``results.md`` from an earlier run's ``results.json`` and logs
-            (adds the validation curves) without running anything.
+        summarise_only: rebuild ``results.md`` from an earlier run's ``results.json`` (or, if it
+            was interrupted, from its finished runs) and logs, without running anything.
     """
     if summarise_only:
         return resummarise(workdir)
@@ -359,15 +359,43 @@ def run(
     return result
 
 
+def _log_seconds(log: Path) -> float:
+    """Seconds between the first and last timestamped line of a stage log (NaN without two)."""
+    import datetime
+    import re
+
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log.read_text(), re.M) if log.is_file() else []
+    if len(stamps) < 2:
+        return float("nan")
+    first, last = (datetime.datetime.fromisoformat(t) for t in (stamps[0], stamps[-1]))
+    return (last - first).total_seconds()
+
+
+def _finished_runs(work: Path) -> list[dict]:
+    """Runs of an interrupted experiment: every ``<arm>_seed<s>/<init>/eval/classification_report.json``."""
+    runs = []
+    for report in sorted(work.glob("*_seed*/*/eval/classification_report.json")):
+        init, arm_dir = report.parents[1].name, report.parents[2].name
+        method, _, seed = arm_dir.rpartition("_seed")
+        runs.append({"arm": f"{method}/{init}", "method": method, "init": init, "seed": int(seed),
+                     "test": json.loads(report.read_text()),
+                     "seconds": {"train": _log_seconds(report.parents[1] / "train.log")}})
+    return runs
+
+
 def resummarise(workdir: str) -> dict:
-    """Re-read ``<workdir>/results.json``, attach each run's validation curve from its logs, rewrite the report."""
+    """Rebuild the report of ``workdir``: from its ``results.json``, or, when the experiment was
+    interrupted, from the runs that finished; each run's validation curve is read from its logs."""
     work = Path(workdir).resolve()
-    result = json.loads((work / "results.json").read_text())
+    path = work / "results.json"
+    result = json.loads(path.read_text()) if path.is_file() else {"runs": _finished_runs(work), "interrupted": True}
+    if not result["runs"]:
+        raise FileNotFoundError(f"no finished run under '{work}' (no results.json, no */*/eval/classification_report.json).")
     for r in result["runs"]:
         r["val_curve"] = pretext_curve(work / f"{r['method']}_seed{r['seed']}" / r["init"] / "logs", tag="val_auc")
     num_classes = len(result["runs"][0]["test"].get("per_class", {})) or 3
     result["summary"], table = summarise(result["runs"], num_classes, result.get("curves"))
-    (work / "results.json").write_text(json.dumps(result, indent=4))
+    path.write_text(json.dumps(result, indent=4))
     (work / "results.md").write_text(table + "\n")
     print(table)
     return result
