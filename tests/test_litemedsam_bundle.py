@@ -107,6 +107,16 @@ def test_switch_refuses_a_stage0_decoder_and_prompts(small_datalist, tmp_path):
     assert "windowed attention" in str(err.value.__cause__)
 
 
+def test_switch_tpp_with_the_feature_target(small_datalist, tmp_path):
+    """``--pretext#target features``: masked feature prediction, no decoder; TPP writes target parameters."""
+    common = stage_overrides(tmp_path, small_datalist, image_size=32)
+    wf = run(TPP, output_dir=str(tmp_path / "logs"), **{"pretext#target": "features"}, **common)
+    pretext = wf.parser.get_parsed_content("pretext#model")
+    assert pretext.target == "features" and not hasattr(pretext, "decoder")
+    manifest = read_manifest(tmp_path / "models" / "tpp_target_parameters.safetensors")
+    assert manifest["method"] == "lora"
+
+
 def _train_and_evaluate(tmp: Path, datalist: str, name: str, epochs: int, **arm) -> dict:
     common = {"datalist": datalist, "ckpt_dir": str(tmp / name), "init": "standard", **arm}
     run(TRAIN, output_dir=str(tmp / name / "logs"), num_epochs=epochs, **common)
