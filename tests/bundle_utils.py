@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
@@ -44,3 +45,24 @@ def run(configs: list[str], **overrides) -> ConfigWorkflow:
 def stage_overrides(tmp: Path, datalist: str, **extra) -> dict:
     """Small, fast settings shared by the end-to-end tests."""
     return {"datalist": datalist, "ckpt_dir": str(tmp / "models"), "num_epochs": 1, **extra}
+
+
+def reference_arm(name: str) -> dict:
+    """A reference arm of ``tools/tpp_experiment.py`` as ConfigWorkflow overrides (``$None`` is the CLI spelling)."""
+    from tools.tpp_experiment import REFERENCE_ARMS
+
+    return {k: (None if v == "$None" else v) for k, v in REFERENCE_ARMS[name].items()}
+
+
+def train_and_evaluate(
+    tmp: Path, datalist: str, name: str, epochs: int, train: list[str] = TRAIN, evaluate: list[str] = EVALUATE, **overrides
+) -> dict:
+    """Fine-tune (standard init) into ``tmp/name``, evaluate on the test split, return the classification report.
+
+    ``train`` / ``evaluate`` are the config lists (a backbone switch goes after ``train.json``);
+    evaluation drops ``backbone_weights``, as the merged model holds them.
+    """
+    common = {"datalist": datalist, "ckpt_dir": str(tmp / name), "init": "standard", **overrides}
+    run(train, output_dir=str(tmp / name / "logs"), num_epochs=epochs, **common)
+    run(evaluate, output_dir=str(tmp / name / "eval"), **{k: v for k, v in common.items() if k != "backbone_weights"})
+    return json.loads((tmp / name / "eval" / "classification_report.json").read_text())

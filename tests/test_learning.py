@@ -15,16 +15,14 @@ that stopped learning, not normal seed-to-seed noise.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from bundle_utils import EVALUATE, PRETRAIN, TRAIN, run, stage_overrides
+from bundle_utils import PRETRAIN, reference_arm, run, stage_overrides, train_and_evaluate
 from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
-from tools.tpp_experiment import REFERENCE_ARMS
 
 #: stage 0 on the demo data: the last held-out pretext loss must be this fraction below the first
 #: epoch's (measured: 1.198 -> 0.977 in 20 epochs, an 18 % drop; the speckle is unpredictable,
@@ -37,25 +35,12 @@ DEMO_MARGIN = 0.15
 BUSI_MARGIN = 0.08
 
 
-def _arm(name: str) -> dict:
-    """A reference arm's overrides as ConfigWorkflow takes them (``$None`` is the CLI spelling)."""
-    return {k: (None if v == "$None" else v) for k, v in REFERENCE_ARMS[name].items()}
-
-
 def _pretext_curve(evaluator) -> list[float]:
     losses: list[float] = []
     from ignite.engine import Events
 
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: losses.append(float(e.state.metrics["val_pretext_loss"])))
     return losses
-
-
-def _train_and_evaluate(tmp: Path, datalist: str, backbone: Path | None, name: str, epochs: int, **arm) -> dict:
-    weights = str(backbone) if backbone else None
-    common = {"datalist": datalist, "ckpt_dir": str(tmp / name), "backbone_weights": weights, "init": "standard", **arm}
-    run(TRAIN, output_dir=str(tmp / name / "logs"), num_epochs=epochs, **common)
-    run(EVALUATE, output_dir=str(tmp / name / "eval"), **{k: v for k, v in common.items() if k != "backbone_weights"})
-    return json.loads((tmp / name / "eval" / "classification_report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +70,8 @@ def test_gate_stage0_pretext_loss_falls_on_demo_data(demo_stage0):
 def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
     tmp, datalist, _ = demo_stage0
     backbone = tmp / "models" / "backbone.pt"
-    probe = _train_and_evaluate(tmp, datalist, backbone, "probe", 20, **_arm("linear_probe"))
-    lora = _train_and_evaluate(tmp, datalist, backbone, "lora", 15)
+    probe = train_and_evaluate(tmp, datalist, "probe", 20, backbone_weights=str(backbone), **reference_arm("linear_probe"))
+    lora = train_and_evaluate(tmp, datalist, "lora", 15, backbone_weights=str(backbone))
     chance = 1 / 3
     for name, report in (("linear probe", probe), ("lora", lora)):
         print(f"demo {name}: balanced accuracy {report['balanced_accuracy']:.3f}, accuracy {report['accuracy']:.3f}")
@@ -102,7 +87,7 @@ def test_gate_finetuning_beats_trivial_on_real_busi(tmp_path):
     busi = require_data("busi_classification")
     datalist = str(prepare_busi(data_dir=str(busi), output=str(tmp_path / "busi.json"), seed=0))
     run(PRETRAIN, **stage_overrides(tmp_path, datalist, num_epochs=30), output_dir=str(tmp_path / "logs"))
-    report = _train_and_evaluate(tmp_path, datalist, tmp_path / "models" / "backbone.pt", "lora", 20)
+    report = train_and_evaluate(tmp_path, datalist, "lora", 20, backbone_weights=str(tmp_path / "models" / "backbone.pt"))
     print(f"BUSI short run, LoRA: balanced accuracy {report['balanced_accuracy']:.3f}, macro AUC {report['macro_auc']:.3f}")
     assert report["num_samples"] == 156
     assert report["balanced_accuracy"] >= 1 / 3 + BUSI_MARGIN, (report["balanced_accuracy"], report["per_class"])

@@ -14,12 +14,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import BUNDLE, CONFIGS, run, stage_overrides
+from bundle_utils import BUNDLE, CONFIGS, reference_arm, run, stage_overrides, train_and_evaluate
 from conftest import require_data
 from test_tiny_vit import needs_weights
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
-from tools.tpp_experiment import REFERENCE_ARMS
 from tpp_components.data import load_datalist
 from tpp_components.networks import litemedsam_checkpoint
 from tpp_components.peft import read_manifest
@@ -117,22 +116,11 @@ def test_switch_tpp_with_the_feature_target(small_datalist, tmp_path):
     assert manifest["method"] == "lora"
 
 
-def _train_and_evaluate(tmp: Path, datalist: str, name: str, epochs: int, **arm) -> dict:
-    common = {"datalist": datalist, "ckpt_dir": str(tmp / name), "init": "standard", **arm}
-    run(TRAIN, output_dir=str(tmp / name / "logs"), num_epochs=epochs, **common)
-    run(EVALUATE, output_dir=str(tmp / name / "eval"), **common)
-    return json.loads((tmp / name / "eval" / "classification_report.json").read_text())
-
-
-def _arm(name: str) -> dict:
-    return {k: (None if v == "$None" else v) for k, v in REFERENCE_ARMS[name].items()}
-
-
 def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(tmp_path):
     data = make_demo_dataset(tmp_path / "data", num_per_class=60, image_size=64, seed=0)
     datalist = str(prepare_busi(data_dir=str(data), output=str(tmp_path / "datalist.json"), seed=0))
-    probe = _train_and_evaluate(tmp_path, datalist, "probe", 15, image_size=32, **_arm("linear_probe"))
-    lora = _train_and_evaluate(tmp_path, datalist, "lora", 6, image_size=32)
+    probe = train_and_evaluate(tmp_path, datalist, "probe", 15, TRAIN, EVALUATE, image_size=32, **reference_arm("linear_probe"))
+    lora = train_and_evaluate(tmp_path, datalist, "lora", 6, TRAIN, EVALUATE, image_size=32)
     for name, report in (("linear probe", probe), ("lora", lora)):
         print(f"LiteMedSAM demo {name}: balanced accuracy {report['balanced_accuracy']:.3f}, accuracy {report['accuracy']:.3f}")
         assert report["balanced_accuracy"] >= 1 / 3 + DEMO_MARGIN, (name, report["balanced_accuracy"], report["per_class"])
@@ -144,7 +132,7 @@ def test_gate_lora_beats_trivial_on_real_busi(tmp_path):
     test split (n=156) must beat chance on balanced accuracy by the margin."""
     busi = require_data("busi_classification")
     datalist = str(prepare_busi(data_dir=str(busi), output=str(tmp_path / "busi.json"), seed=0))
-    report = _train_and_evaluate(tmp_path, datalist, "lora", 2)
+    report = train_and_evaluate(tmp_path, datalist, "lora", 2, TRAIN, EVALUATE)
     print(f"LiteMedSAM BUSI LoRA 2 epochs: balanced accuracy {report['balanced_accuracy']:.3f}, macro AUC {report['macro_auc']:.3f}")
     assert report["num_samples"] == 156
     assert report["balanced_accuracy"] >= 1 / 3 + BUSI_MARGIN, (report["balanced_accuracy"], report["per_class"])

@@ -88,6 +88,16 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def run_dir_of(work: Path, method: str, seed: int, init: str) -> Path:
+    """Folder of one run: ``<work>/<method>_seed<seed>/<init>`` (a TPP run's ``init`` is ``stage1_<init>``)."""
+    return work / f"{method}_seed{seed}" / init
+
+
+def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """``(epoch, validation macro AUC)`` of a fine-tuning run, from its TensorBoard events."""
+    return pretext_curve(run_dir / "logs", tag="val_auc")
+
+
 def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int) -> float:
     """Run one ``monai.bundle run`` and return its wall time in seconds; raise with the log's tail on failure."""
     files = [str(bundle / "configs" / c) for c in configs]
@@ -281,24 +291,23 @@ def run(
     if switch and backbone is not None:
         raise ValueError(f"the switch '{switch}' supplies its pretrained backbone; do not give backbone={backbone!r} too.")
     if switch:
-        common = {"datalist": datalist}
-        decoder = None
-    elif backbone is None:
-        backbone = str(work / "stage0" / "backbone.pt")
-        timings["pretrain"] = bundle_run(
-            bundle_path, ["train.json", "pretrain.json"],
-            {"datalist": str(Path(pretrain_datalist).resolve()) if pretrain_datalist else datalist,
-             "ckpt_dir": str(work / "stage0"), "output_dir": str(work / "stage0" / "logs"), "num_epochs": pretrain_epochs},
-            work / "stage0" / "pretrain.log", threads * jobs,
-        )
-        print(f"stage 0: {timings['pretrain']:.0f} s", flush=True)
-    if not switch:
+        common, decoder = {"datalist": datalist}, None
+    else:
+        if backbone is None:
+            backbone = str(work / "stage0" / "backbone.pt")
+            timings["pretrain"] = bundle_run(
+                bundle_path, ["train.json", "pretrain.json"],
+                {"datalist": str(Path(pretrain_datalist).resolve()) if pretrain_datalist else datalist,
+                 "ckpt_dir": str(work / "stage0"), "output_dir": str(work / "stage0" / "logs"), "num_epochs": pretrain_epochs},
+                work / "stage0" / "pretrain.log", threads * jobs,
+            )
+            print(f"stage 0: {timings['pretrain']:.0f} s", flush=True)
         backbone_path = Path(backbone).resolve()
         decoder = backbone_path.parent / "pretext_decoder.pt"
         common = {"datalist": datalist, "backbone_weights": str(backbone_path)}
 
     def tpp_job(method: str, seed: int, fresh: bool) -> tuple[str, float]:
-        tpp_dir = work / f"{method}_seed{seed}" / ("stage1_tpp_fresh_decoder" if fresh else "stage1_tpp")
+        tpp_dir = run_dir_of(work, method, seed, "stage1_tpp_fresh_decoder" if fresh else "stage1_tpp")
         overrides = {**common, "peft": METHODS[method], "seed": seed, "ckpt_dir": str(tpp_dir),
                      "output_dir": str(tpp_dir / "logs"), "num_epochs": tpp_epochs}
         if decoder is not None:
@@ -308,11 +317,11 @@ def run(
         return str(tpp_dir), t
 
     def train_job(method: str, init: str, seed: int) -> dict:
-        run_dir = work / f"{method}_seed{seed}" / init
+        run_dir = run_dir_of(work, method, seed, init)
         overrides = dict(REFERENCE_ARMS[method]) if method in REFERENCE_ARMS else {"peft": METHODS[method]}
         overrides.update(common, seed=seed, ckpt_dir=str(run_dir))
         if method in METHODS and init != "standard":
-            overrides["tpp_target_parameters"] = str(work / f"{method}_seed{seed}" / f"stage1_{init}" / "tpp_target_parameters.safetensors")
+            overrides["tpp_target_parameters"] = str(run_dir_of(work, method, seed, f"stage1_{init}") / "tpp_target_parameters.safetensors")
         seconds = {"train": bundle_run(bundle_path, base, {
             **overrides, "init": "tpp" if init != "standard" else "standard", "num_epochs": train_epochs,
             "output_dir": str(run_dir / "logs")}, run_dir / "train.log", threads)}
@@ -323,7 +332,7 @@ def run(
         print(f"seed {seed} {method}/{init}: " + " ".join(f"{m} {report[m]:.3f}" for m in METRICS)
               + f" (train {seconds['train']:.0f} s)", flush=True)
         return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed, "test": report, "seconds": seconds,
-                "val_curve": pretext_curve(run_dir / "logs", tag="val_auc")}
+                "val_curve": validation_curve(run_dir)}
 
     fresh_methods = [m for m in methods if m in fresh_decoder_methods]
     tpp_jobs = [(m, s, False) for s in seeds for m in methods] + [(m, s, True) for s in fresh_decoder_seeds for m in fresh_methods]
@@ -338,10 +347,10 @@ def run(
     curves = {} if switch else {"stage 0": pretext_curve(backbone_path.parent / "logs")}
     for m in methods:
         if seeds:
-            curves[f"TPP {m} seed {seeds[0]}"] = pretext_curve(work / f"{m}_seed{seeds[0]}" / "stage1_tpp" / "logs")
+            curves[f"TPP {m} seed {seeds[0]}"] = pretext_curve(run_dir_of(work, m, seeds[0], "stage1_tpp") / "logs")
         if fresh_decoder_seeds and m in fresh_methods:
             s = fresh_decoder_seeds[0]
-            curves[f"TPP {m} seed {s}, fresh decoder"] = pretext_curve(work / f"{m}_seed{s}" / "stage1_tpp_fresh_decoder" / "logs")
+            curves[f"TPP {m} seed {s}, fresh decoder"] = pretext_curve(run_dir_of(work, m, s, "stage1_tpp_fresh_decoder") / "logs")
     summary, table = summarise(runs, num_classes, curves)
     # Linux reports ru_maxrss in KiB: the largest resident set of any finished stage
     timings["peak_rss_mib_any_stage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -392,7 +401,7 @@ def resummarise(workdir: str) -> dict:
     if not result["runs"]:
         raise FileNotFoundError(f"no finished run under '{work}' (no results.json, no */*/eval/classification_report.json).")
     for r in result["runs"]:
-        r["val_curve"] = pretext_curve(work / f"{r['method']}_seed{r['seed']}" / r["init"] / "logs", tag="val_auc")
+        r["val_curve"] = validation_curve(run_dir_of(work, r["method"], r["seed"], r["init"]))
     num_classes = len(result["runs"][0]["test"].get("per_class", {})) or 3
     result["summary"], table = summarise(result["runs"], num_classes, result.get("curves"))
     path.write_text(json.dumps(result, indent=4))
