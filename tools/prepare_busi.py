@@ -1,7 +1,11 @@
 """Convert the published BUSI layout (one folder per class) into a validated MONAI datalist.
 
-The BUSI release stores ``data_dir/{benign,malignant,normal}/<class> (n).png`` with the lesion
-masks beside the images (``<class> (n)_mask.png``, ``..._mask_1.png``); masks are skipped.
+A preset of :mod:`tools.prepare_class_folders` with BUSI's class order (``normal``, ``benign``,
+``malignant``: the label indices the bundle's ``class_names`` use). The BUSI release stores
+``data_dir/{benign,malignant,normal}/<class> (n).png`` with the lesion masks beside the images
+(``<class> (n)_mask.png``, ``..._mask_1.png``); masks are skipped. Near-duplicate grouping is off
+by default so that the split stays the one every BUSI result in this project was measured on (at
+the default 4 bits BUSI has 6 near-duplicate pairs, and that split keeps each pair on one side).
 
 Example::
 
@@ -11,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from pathlib import Path
 
 import fire
@@ -21,15 +24,8 @@ try:
 except ImportError:  # run as a script from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tpp_components.data import (  # noqa: E402
-    CLASS_NAMES_BUSI,
-    SPLITS,
-    build_datalist,
-    scan_class_folders,
-    stratified_split,
-    validate_datalist,
-    write_datalist,
-)
+from tools.prepare_class_folders import main as prepare_class_folders  # noqa: E402
+from tpp_components.data import CLASS_NAMES_BUSI  # noqa: E402
 
 
 def main(
@@ -39,36 +35,14 @@ def main(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     check_images: bool = True,
+    near_duplicates: bool = False,
 ) -> str:
-    """Scan ``data_dir``, split stratified by class, validate and write the datalist to ``output``.
-
-    Args:
-        data_dir: folder holding ``normal/``, ``benign/`` and ``malignant/``.
-        output: path of the datalist JSON to write (parent folders are created).
-        seed: seed of the stratified split.
-        val_fraction: fraction of every class in ``validation``.
-        test_fraction: fraction of every class in ``test``; the rest goes to ``training``.
-        check_images: open every image to make sure it can be read.
-
-    Returns:
-        the path of the written datalist.
-    """
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    if min(fractions) < 0:
-        raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction} + {test_fraction}")
-    items = scan_class_folders(data_dir, CLASS_NAMES_BUSI)
-    splits = stratified_split(items, fractions, seed=seed)
-    datalist = build_datalist(splits, CLASS_NAMES_BUSI, name="BUSI breast ultrasound classification")
-    datalist.update(source=str(Path(data_dir).resolve()), seed=seed)
-    validate_datalist(datalist, CLASS_NAMES_BUSI, check_images=check_images)
-    path = write_datalist(datalist, output)
-
-    print(f"{'split':<11} {'total':>5}  " + "  ".join(f"{c:>9}" for c in CLASS_NAMES_BUSI))
-    for split in SPLITS:
-        counts = Counter(CLASS_NAMES_BUSI[item["label"]] for item in datalist[split])
-        print(f"{split:<11} {len(datalist[split]):>5}  " + "  ".join(f"{counts[c]:>9}" for c in CLASS_NAMES_BUSI))
-    print(f"{'all':<11} {len(items):>5}")
-    return str(path)
+    """Write the BUSI datalist: see :func:`tools.prepare_class_folders.main` for the arguments."""
+    return prepare_class_folders(
+        data_dir, output, class_names=CLASS_NAMES_BUSI, seed=seed, val_fraction=val_fraction,
+        test_fraction=test_fraction, near_duplicates=near_duplicates, check_images=check_images,
+        name="BUSI breast ultrasound classification",
+    )
 
 
 if __name__ == "__main__":

@@ -250,6 +250,7 @@ def run(
     threads: int = 2,
     bundle: str = str(DEFAULT_BUNDLE),
     switch: str | None = None,
+    overrides: dict | None = None,
     summarise_only: bool = False,
 ) -> dict:
     """Run stage 0 (unless ``backbone`` is given), the reference arms, then TPP and fine-tuning per method and seed.
@@ -275,6 +276,8 @@ def run(
         switch: a backbone switch of the bundle (e.g. ``"litemedsam.json"``), merged after
             ``train.json`` in every stage. Its backbone is pretrained: there is no stage 0, the
             switch supplies the weights, and TPP starts from a fresh decoder.
+        overrides: config values (``{"head_norm": True}``) given to every stage of every arm, after
+            the switch and before the arm's own values; recorded in the report's settings.
         summarise_only: rebuild ``results.md`` from an earlier run's ``results.json`` (or, if it
             was interrupted, from its finished runs) and logs, without running anything.
     """
@@ -305,6 +308,7 @@ def run(
         backbone_path = Path(backbone).resolve()
         decoder = backbone_path.parent / "pretext_decoder.pt"
         common = {"datalist": datalist, "backbone_weights": str(backbone_path)}
+    common = {**(overrides or {}), **common}
 
     def tpp_job(method: str, seed: int, fresh: bool) -> tuple[str, float]:
         tpp_dir = run_dir_of(work, method, seed, "stage1_tpp_fresh_decoder" if fresh else "stage1_tpp")
@@ -318,8 +322,8 @@ def run(
 
     def train_job(method: str, init: str, seed: int) -> dict:
         run_dir = run_dir_of(work, method, seed, init)
-        overrides = dict(REFERENCE_ARMS[method]) if method in REFERENCE_ARMS else {"peft": METHODS[method]}
-        overrides.update(common, seed=seed, ckpt_dir=str(run_dir))
+        arm = REFERENCE_ARMS[method] if method in REFERENCE_ARMS else {"peft": METHODS[method]}
+        overrides = {**common, **arm, "seed": seed, "ckpt_dir": str(run_dir)}
         if method in METHODS and init != "standard":
             overrides["tpp_target_parameters"] = str(run_dir_of(work, method, seed, f"stage1_{init}") / "tpp_target_parameters.safetensors")
         seconds = {"train": bundle_run(bundle_path, base, {
@@ -355,7 +359,7 @@ def run(
     # Linux reports ru_maxrss in KiB: the largest resident set of any finished stage
     timings["peak_rss_mib_any_stage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     settings = {"datalist": datalist, "methods": list(methods), "seeds": list(seeds),
-                "backbone": switch or str(backbone_path),
+                "backbone": switch or str(backbone_path), "overrides": overrides or {},
                 "pretrain_epochs": pretrain_epochs, "tpp_epochs": tpp_epochs, "train_epochs": train_epochs,
                 "reference_arms": {a: REFERENCE_ARMS[a] for a in reference_arms},
                 "peft": {m: METHODS[m] for m in methods}, "jobs": jobs, "threads": threads}

@@ -2,12 +2,14 @@
 
 from tpp_components.data.class_weights import class_weights
 from tpp_components.data.image_folder import image_datalist
+from tpp_components.data.near_duplicates import near_duplicate_groups
 from tpp_components.data.datalist import (
     CLASS_NAMES_BUSI,
     IMAGE_EXTENSIONS,
     SPLITS,
     DatalistError,
     build_datalist,
+    find_class_names,
     is_mask_file,
     load_datalist,
     scan_class_folders,
@@ -19,11 +21,13 @@ from tpp_components.data.datalist import (
 __all__ = [
     "class_weights",
     "image_datalist",
+    "near_duplicate_groups",
     "CLASS_NAMES_BUSI",
     "IMAGE_EXTENSIONS",
     "SPLITS",
     "DatalistError",
     "build_datalist",
+    "find_class_names",
     "is_mask_file",
     "load_datalist",
     "scan_class_folders",

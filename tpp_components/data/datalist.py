@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from tpp_components.io import atomic_write_text
 
 __all__ = [
-    "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "SPLITS", "DatalistError", "build_datalist", "is_mask_file",
+    "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "SPLITS", "DatalistError", "build_datalist", "find_class_names", "is_mask_file",
     "load_datalist", "scan_class_folders", "stratified_split", "validate_datalist", "write_datalist",
 ]
 
@@ -57,14 +58,30 @@ def is_mask_file(path: str | os.PathLike) -> bool:
 
 
 
+def find_class_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """The class names of a one-folder-per-class dataset: its visible sub-folders, sorted.
+
+    Raises:
+        DatalistError: ``root`` is missing or has no sub-folder.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatalistError(f"dataset folder not found: {root}")
+    names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not names:
+        raise DatalistError(f"dataset folder {root} has no sub-folder: expected one folder of images per class")
+    return names
+
+
 def scan_class_folders(
-    root: str | os.PathLike, class_names: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+    root: str | os.PathLike, class_names: Sequence[str] | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS
 ) -> list[dict[str, Any]]:
     """List the images of a one-folder-per-class dataset.
 
     Args:
         root: folder holding one sub-folder per class, named as in ``class_names``.
-        class_names: class names; the label of a class is its index in this sequence.
+        class_names: class names; the label of a class is its index in this sequence. ``None``:
+            every sub-folder is a class, in sorted order (:func:`find_class_names`).
         extensions: accepted file name endings (case-insensitive).
 
     Returns:
@@ -77,6 +94,8 @@ def scan_class_folders(
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatalistError(f"dataset folder not found: {root}")
+    if class_names is None:
+        class_names = find_class_names(root)
     exts = tuple(e.lower() for e in extensions)
     subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     problems = [
@@ -116,8 +135,14 @@ def stratified_split(
     Each class is sorted by image path, shuffled with ``random.Random(seed)`` and cut by
     ``fractions``. A class with at least 3 items appears in every split whose fraction is positive.
 
+    Items that carry a ``"group"`` (near-duplicates, one patient's images) move together: the
+    groups of a class (a group's class is its members' most common label) are shuffled and
+    training, validation and test are filled in turn until each reaches its share of items, so
+    the shares are met up to one group. Without groups every item is its own group and the
+    split is the plain one. The ``"group"`` key is dropped from the output.
+
     Args:
-        items: dicts with ``"image"`` and an integer ``"label"``.
+        items: dicts with ``"image"``, an integer ``"label"`` and optionally a ``"group"``.
         fractions: training, validation and test fractions; must sum to 1.
         seed: seed of the shuffle; the result depends only on it and the items.
 
@@ -129,18 +154,28 @@ def stratified_split(
         raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(fractions):g})")
-    by_label: dict[int, list[dict[str, Any]]] = {}
-    for item in items:
-        by_label.setdefault(int(item["label"]), []).append(dict(item))
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for index, item in enumerate(items):
+        entry = dict(item)
+        groups.setdefault(entry.pop("group", ("item", index)), []).append(entry)
+    by_label: dict[int, list[list[dict[str, Any]]]] = {}
+    for members in groups.values():
+        members.sort(key=lambda item: str(item["image"]))
+        label = Counter(int(m["label"]) for m in members).most_common()
+        best = max(count for _, count in label)
+        by_label.setdefault(min(lab for lab, count in label if count == best), []).append(members)
     rng = random.Random(seed)
     out: dict[str, list[dict[str, Any]]] = {key: [] for key in SPLITS}
     for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda item: str(item["image"]))
-        rng.shuffle(group)
-        start = 0
-        for key, size in zip(SPLITS, _split_sizes(len(group), fractions)):
-            out[key] += group[start : start + size]
-            start += size
+        class_groups = sorted(by_label[label], key=lambda members: str(members[0]["image"]))
+        rng.shuffle(class_groups)
+        sizes = _split_sizes(sum(len(m) for m in class_groups), fractions)
+        split, filled = 0, 0
+        for members in class_groups:
+            while split < len(SPLITS) - 1 and filled >= sizes[split]:
+                split, filled = split + 1, 0
+            out[SPLITS[split]] += members
+            filled += len(members)
     return {key: sorted(part, key=lambda item: str(item["image"])) for key, part in out.items()}
 
 
