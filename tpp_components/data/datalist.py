@@ -137,8 +137,8 @@ def stratified_split(
 
     Items that carry a ``"group"`` (near-duplicates, one patient's images) move together: the
     groups of a class (a group's class is its members' most common label) are shuffled and
-    training, validation and test are filled in turn until each reaches its share of items, so
-    the shares are met up to one group. Without groups every item is its own group and the
+    training, validation and test are filled in turn, each while a group brings it nearer its
+    share of items, so the shares are met up to half a group. Without groups every item is its own group and the
     split is the plain one. The ``"group"`` key is dropped from the output.
 
     Args:
@@ -172,7 +172,9 @@ def stratified_split(
         sizes = _split_sizes(sum(len(m) for m in class_groups), fractions)
         split, filled = 0, 0
         for members in class_groups:
-            while split < len(SPLITS) - 1 and filled >= sizes[split]:
+            # move on once this group would overshoot the share more than it falls short (singletons:
+            # once the share is reached, the plain split)
+            while split < len(SPLITS) - 1 and filled + len(members) / 2 > sizes[split]:
                 split, filled = split + 1, 0
             out[SPLITS[split]] += members
             filled += len(members)
