@@ -35,7 +35,8 @@ def is_vit_like(network: nn.Module) -> bool:
 def head_modules(network: nn.Module) -> list[str]:
     """Names of the task-specific modules, trained in full during fine-tuning and unused by pretext.
 
-    ``ViT``: its classification head; ``UNETR`` / ``SwinUNETR``: every module but the encoder.
+    ``ViT``: its classification head; ``UNETR`` / ``SwinUNETR`` / ``TinyViT``: every module but the
+    encoder (the classification head, or the segmenter's decoder).
     """
     if isinstance(network, ViT):
         return ["classification_head"] if hasattr(network, "classification_head") else []
@@ -44,7 +45,7 @@ def head_modules(network: nn.Module) -> list[str]:
     if isinstance(network, SwinUNETR):
         return [n for n, _ in network.named_children() if n != "swinViT"]
     if isinstance(network, TinyViT):
-        return ["classification_head"] if hasattr(network, "classification_head") else []
+        return [n for n, _ in network.named_children() if n not in ("patch_embed", "layers", "neck")]
     raise TypeError(f"unsupported network {type(network).__name__}; expected MONAI ViT, UNETR, SwinUNETR or TinyViT.")
 
 
