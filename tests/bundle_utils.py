@@ -19,15 +19,16 @@ TPP = ["train.json", "tpp.json"]
 EVALUATE = ["train.json", "evaluate.json"]
 
 
-def workflow(configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
-    """An initialised workflow of the bundle's ``configs`` (merged left to right) with ``overrides``."""
-    files = [str(CONFIGS / c) for c in configs]
+def workflow(configs: list[str], workflow_type: str = "train", bundle: Path = BUNDLE, **overrides) -> ConfigWorkflow:
+    """An initialised workflow of ``bundle``'s ``configs`` (merged left to right) with ``overrides``."""
+    configs_dir = Path(bundle) / "configs"
+    files = [str(configs_dir / c) for c in configs]
     wf = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
+        meta_file=str(configs_dir / "metadata.json"),
+        logging_file=str(configs_dir / "logging.conf"),
         workflow_type=workflow_type,
-        bundle_root=str(BUNDLE),
+        bundle_root=str(bundle),
         **overrides,
     )
     wf.initialize()

