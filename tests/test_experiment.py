@@ -58,3 +58,58 @@ def test_validation_curves_and_epochs_to_the_standard_best():
     assert summary["validation"]["lora/tpp"]["epochs_to_standard_best"] == [(0, 3, 2), (1, 2, None)]
     assert summary["validation"]["lora/standard"]["mean_curve"][1] == (2, pytest.approx(0.8))
     assert "0: 3 -> 2, 1: 2 -> never" in table
+
+
+def test_resume_reuses_finished_runs_and_reruns_the_rest(tmp_path, monkeypatch):
+    """``resume=True`` skips TPP and fine-tuning runs whose logs say they finished; an unfinished one reruns."""
+    import json
+    from pathlib import Path
+
+    from tools import tpp_experiment
+
+    calls: list[str] = []
+
+    def fake_bundle_run(bundle, configs, overrides, log: Path, threads):  # the stage's log and outputs, no training
+        log.parent.mkdir(parents=True, exist_ok=True)
+        engine = "PretextTrainer" if "tpp.json" in configs else "SupervisedTrainer"
+        log.write_text(f"2026-01-01 00:00:00,000 - start\n2026-01-01 00:00:07,000 - x - {engine} - INFO - Engine run finished.\n")
+        if "evaluate.json" in configs:
+            report = {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_auc": 0.6, "majority_rate": 0.5, "num_samples": 4}
+            (Path(overrides["output_dir"]) / "classification_report.json").parent.mkdir(parents=True, exist_ok=True)
+            (Path(overrides["output_dir"]) / "classification_report.json").write_text(json.dumps(report))
+        calls.append(" ".join(configs))
+        return 7.0
+
+    monkeypatch.setattr(tpp_experiment, "bundle_run", fake_bundle_run)
+    datalist = tmp_path / "d.json"
+    datalist.write_text(json.dumps({"labels": {"0": "a", "1": "b"}, "training": [], "validation": [], "test": []}))
+    kwargs = dict(datalist=str(datalist), workdir=str(tmp_path / "exp"), methods=["lora"], seeds=[0], reference_arms=[],
+                  switch="litemedsam.json", tpp_epochs=1, train_epochs=1)
+    tpp_experiment.run(**kwargs)
+    assert len(calls) == 5  # TPP, then train + evaluate for standard and tpp
+    calls.clear()
+    # the TPP-initialised run was interrupted: its trainer never finished
+    tpp_run = tmp_path / "exp" / "lora_seed0" / "tpp" / "train.log"
+    tpp_run.write_text(tpp_run.read_text().replace("Engine run finished", "Epoch[1] Complete"))
+    result = tpp_experiment.run(**kwargs, resume=True)
+    assert calls == ["train.json litemedsam.json", "train.json litemedsam.json evaluate.json"]
+    assert {r["arm"] for r in result["runs"]} == {"lora/standard", "lora/tpp"}
+    assert result["runs"][0]["seconds"]["train"] == 7.0  # reused: read from its log's timestamps
+
+
+def test_pretext_curve_keeps_the_newest_value_of_each_epoch(tmp_path):
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tools.tpp_experiment import pretext_curve
+
+    for values in ([0.9, 0.8, 0.7], [0.6, 0.5]):  # a run, then a rerun into the same folder
+        writer = SummaryWriter(str(tmp_path / "logs"))
+        for step, value in enumerate(values, start=1):
+            writer.add_scalar("val_pretext_loss", value, step)
+        writer.close()
+        time.sleep(1.1)  # event file names carry the time in seconds
+    curve = pretext_curve(tmp_path / "logs")
+    assert [s for s, _ in curve] == [1, 2, 3] and [round(v, 3) for _, v in curve] == [0.6, 0.5, 0.7]
+    assert pretext_curve(tmp_path / "absent") == []

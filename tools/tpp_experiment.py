@@ -119,14 +119,21 @@ def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, thr
 
 
 def pretext_curve(log_dir: Path, tag: str = "val_pretext_loss") -> list[tuple[int, float]]:
-    """``(epoch, held-out pretext loss)`` read back from the TensorBoard events of a pretext stage."""
+    """``(epoch, held-out pretext loss)`` read back from the TensorBoard events of a pretext stage.
+
+    A folder that a rerun wrote into holds several event files: the newest value of each epoch
+    wins (files are read oldest first). A missing folder gives an empty curve.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not Path(log_dir).is_dir():
+        return []
     events = EventAccumulator(str(log_dir))
     events.Reload()
     if tag not in events.Tags().get("scalars", []):
         return []
-    return [(int(e.step), float(e.value)) for e in events.Scalars(tag)]
+    latest = {int(e.step): float(e.value) for e in events.Scalars(tag)}
+    return sorted(latest.items())
 
 
 def _stats(values: list[float]) -> str:
@@ -251,6 +258,7 @@ def run(
     bundle: str = str(DEFAULT_BUNDLE),
     switch: str | None = None,
     overrides: dict | None = None,
+    resume: bool = False,
     summarise_only: bool = False,
 ) -> dict:
     """Run stage 0 (unless ``backbone`` is given), the reference arms, then TPP and fine-tuning per method and seed.
@@ -278,6 +286,8 @@ def run(
             switch supplies the weights, and TPP starts from a fresh decoder.
         overrides: config values (``{"head_norm": True}``) given to every stage of every arm, after
             the switch and before the arm's own values; recorded in the report's settings.
+        resume: reuse the TPP and fine-tuning runs of ``workdir`` whose logs say they finished
+            (an interrupted or extended experiment); everything else runs.
         summarise_only: rebuild ``results.md`` from an earlier run's ``results.json`` (or, if it
             was interrupted, from its finished runs) and logs, without running anything.
     """
@@ -312,6 +322,9 @@ def run(
 
     def tpp_job(method: str, seed: int, fresh: bool) -> tuple[str, float]:
         tpp_dir = run_dir_of(work, method, seed, "stage1_tpp_fresh_decoder" if fresh else "stage1_tpp")
+        if resume and _finished(tpp_dir / "tpp.log", "PretextTrainer"):
+            print(f"seed {seed} {method}: TPP reused from {tpp_dir}", flush=True)
+            return str(tpp_dir), _log_seconds(tpp_dir / "tpp.log")
         overrides = {**common, "peft": METHODS[method], "seed": seed, "ckpt_dir": str(tpp_dir),
                      "output_dir": str(tpp_dir / "logs"), "num_epochs": tpp_epochs}
         if decoder is not None:
@@ -326,6 +339,12 @@ def run(
         overrides = {**common, **arm, "seed": seed, "ckpt_dir": str(run_dir)}
         if method in METHODS and init != "standard":
             overrides["tpp_target_parameters"] = str(run_dir_of(work, method, seed, f"stage1_{init}") / "tpp_target_parameters.safetensors")
+        report_path = run_dir / "eval" / "classification_report.json"
+        if resume and report_path.is_file() and _finished(run_dir / "train.log", "SupervisedTrainer"):
+            print(f"seed {seed} {method}/{init}: reused from {run_dir}", flush=True)
+            return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed,
+                    "test": json.loads(report_path.read_text()), "seconds": {"train": _log_seconds(run_dir / "train.log")},
+                    "val_curve": validation_curve(run_dir)}
         seconds = {"train": bundle_run(bundle_path, base, {
             **overrides, "init": "tpp" if init != "standard" else "standard", "num_epochs": train_epochs,
             "output_dir": str(run_dir / "logs")}, run_dir / "train.log", threads)}
@@ -382,6 +401,11 @@ def _log_seconds(log: Path) -> float:
         return float("nan")
     first, last = (datetime.datetime.fromisoformat(t) for t in (stamps[0], stamps[-1]))
     return (last - first).total_seconds()
+
+
+def _finished(log: Path, engine: str) -> bool:
+    """Whether a stage log says its ``engine`` (``SupervisedTrainer``, ``PretextTrainer``) ran to the end."""
+    return log.is_file() and f"{engine} - INFO - Engine run finished" in log.read_text()
 
 
 def _finished_runs(work: Path) -> list[dict]:
