@@ -19,10 +19,8 @@ from pathlib import Path
 
 import fire
 
-try:
-    import tpp_components  # noqa: F401
-except ImportError:  # run as a script from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.prepare_class_folders import main as prepare_class_folders  # noqa: E402
 from tpp_components.data import CLASS_NAMES_BUSI  # noqa: E402

@@ -22,10 +22,8 @@ from pathlib import Path
 
 import fire
 
-try:
-    import tpp_components  # noqa: F401
-except ImportError:  # run as a script from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpp_components.data import (  # noqa: E402
     SPLITS,

@@ -23,10 +23,8 @@ from pathlib import Path
 import fire
 import numpy as np
 
-try:
-    import tpp_components  # noqa: F401
-except ImportError:  # run as a script from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpp_components.data import SPLITS, DatalistError, stratified_split, write_datalist  # noqa: E402
 from tpp_components.io import atomic_path  # noqa: E402

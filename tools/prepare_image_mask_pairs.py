@@ -22,10 +22,8 @@ from pathlib import Path
 import fire
 import numpy as np
 
-try:
-    import tpp_components  # noqa: F401
-except ImportError:  # run as a script from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpp_components.data import SPLITS, DatalistError, near_duplicate_groups, stratified_split, write_datalist  # noqa: E402
 from tpp_components.data.mask_pairs import DEFAULT_MASK_PATTERN, ImageMasks, scan_image_mask_pairs  # noqa: E402

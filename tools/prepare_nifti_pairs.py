@@ -24,10 +24,8 @@ from pathlib import Path
 import fire
 import numpy as np
 
-try:
-    import tpp_components  # noqa: F401
-except ImportError:  # run as a script from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpp_components.data import SPLITS, DatalistError, write_datalist  # noqa: E402
 from tpp_components.data.nifti_pairs import check_volume_pair, read_msd_dataset, scan_nifti_folders  # noqa: E402
