@@ -137,3 +137,19 @@ def test_converter_on_real_brain_mri(tmp_path: Path) -> None:
     assert sum(len(v) > 1 for v in side.values()) == 0
     for s, part in splits.items():
         assert set(Counter(i["label"] for i in part)) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("script", ["prepare_class_folders.py", "prepare_busi.py"])
+def test_converters_run_as_scripts_from_anywhere(script, tmp_path):
+    """``python tools/<converter>.py`` from another folder, as the READMEs show (imports ``tools`` itself)."""
+    import subprocess
+
+    data = tmp_path / "data"
+    for c, name in enumerate(["normal", "benign", "malignant"]):
+        for i in range(3):
+            _save(data / name / f"{name} ({i}).png", _scan(10 * c + i))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / script), "--data_dir", str(data), "--output", "out.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out.json").read_text())["num_classes"] == 3
