@@ -133,3 +133,39 @@ def test_inference_definition_matches_train():
         assert inference[key] == train[key], key
     image_steps = [t for t in train["preprocessing"] if t.get("keys") == "image"]
     assert [t for t in inference["preprocessing"]["transforms"] if t["_target_"] in ("Lambdad", "ScaleIntensityd", "RepeatChanneld")] == image_steps
+
+
+UNETR = "unetr.json"
+
+
+@pytest.mark.parametrize("configs,workflow_type", [
+    (["train.json", UNETR, "pretrain.json"], "train"), (["train.json", UNETR, "tpp.json"], "train"),
+    (["train.json", UNETR], "train"), (["train.json", UNETR, "evaluate.json"], "train"), (["inference.json", UNETR], "infer"),
+])
+def test_unetr_switch_check_properties(configs, workflow_type, demo_datalist):
+    overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(Path(demo_datalist).parent / "data" / "benign")}
+    if configs[-1] != "pretrain.json" and workflow_type == "train":
+        overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
+    assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
+
+
+def test_unetr_switch_runs_stage0_tpp_train_evaluate_inference(demo_datalist, tmp_path):
+    """2D UNETR: stage 0 (MAE) -> TPP reusing its decoder -> LoRA fine-tuning -> evaluation -> inference."""
+    common = {"datalist": demo_datalist, "ckpt_dir": str(tmp_path / "models"), "num_epochs": 1}
+    for stage, extra in (("pretrain.json", {}), ("tpp.json", {}), (None, {"init": "tpp"}), ("evaluate.json", {})):
+        configs = ["train.json", UNETR] + ([stage] if stage else [])
+        run(configs, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / (stage or "train")), **common, **extra)
+    models = tmp_path / "models"
+    assert {"backbone.pt", "pretext_decoder.pt", "tpp_target_parameters.safetensors", "model.pt"} <= {p.name for p in models.iterdir()}
+    backbone, model = torch.load(models / "backbone.pt", weights_only=True), torch.load(models / "model.pt", weights_only=True)
+    mlp = [k for k in backbone if ".mlp." in k]
+    assert mlp and all(torch.equal(backbone[k], model[k]) for k in mlp)  # stage 0's encoder, frozen (LoRA on attention only)
+    assert any(not torch.equal(backbone[k], model[k]) for k in backbone if ".attn.qkv.weight" in k)  # LoRA merged
+    assert 0.0 <= _mean_dice(tmp_path / "logs" / "evaluate.json") <= 1.0
+    images = tmp_path / "images"
+    images.mkdir()
+    first = Path(load_datalist(demo_datalist)["test"][0]["image"])
+    Image.open(first).resize((80, 48)).save(images / "wide.png")
+    run(["inference.json", UNETR], bundle=BUNDLE, workflow_type="infer", input_dir=str(images),
+        output_dir=str(tmp_path / "pred"), ckpt_dir=str(models))
+    assert Image.open(tmp_path / "pred" / "wide_seg.png").size == (80, 48)
