@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from bundle_utils import run, workflow
-from conftest import ROOT, SCHEMA, require_data
+from conftest import ROOT, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_image_mask_pairs import main as prepare_pairs
 from tpp_components.data import load_datalist, write_datalist
@@ -108,21 +108,6 @@ def test_real_busi_segmentation_beats_all_background(tmp_path):
     datalist = str(write_datalist(small, tmp_path / "small.json"))
     dice = _pipeline(tmp_path / "run", datalist, epochs=3)
     assert dice > REAL_MIN_DICE, f"real BUSI test Dice {dice:.3f} (all-background: 0)"
-
-
-def test_metadata_verifies_against_schema():
-    if not SCHEMA.is_file():
-        pytest.skip(f"metadata schema '{SCHEMA}' not found (set TPP_SCHEMA)")
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
-
-
-def test_verify_net_in_out():
-    from monai.bundle import verify_net_in_out
-
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "inference.json"), device="cpu", bundle_root=str(BUNDLE))
 
 
 def test_inference_definition_matches_train():

@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle_utils import BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, run, stage_overrides, workflow
-from conftest import SCHEMA, require_data
+from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tpp_components.data import load_datalist, write_datalist
@@ -154,21 +154,6 @@ def test_bad_target_parameters_are_refused(demo_datalist, tmp_path):
     # MONAI wraps the component's error: the cause names the file and the differing value
     assert isinstance(err.value.__cause__, TargetParameterError)
     assert "r: saved 8 vs network 4" in str(err.value.__cause__)
-
-
-def test_metadata_verifies_against_schema():
-    if not SCHEMA.is_file():
-        pytest.skip(f"metadata schema '{SCHEMA}' not found (set TPP_SCHEMA)")
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
-
-
-def test_verify_net_in_out():
-    from monai.bundle import verify_net_in_out
-
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "inference.json"), device="cpu", bundle_root=str(BUNDLE))
 
 
 def test_pipeline_on_real_busi(tmp_path):

@@ -31,6 +31,7 @@ from tpp_components.data import (  # noqa: E402
     find_class_names,
     near_duplicate_groups,
     scan_class_folders,
+    split_fractions,
     stratified_split,
     validate_datalist,
     write_datalist,
@@ -68,9 +69,7 @@ def main(
     Returns:
         the path of the written datalist.
     """
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    if min(fractions) < 0:
-        raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction} + {test_fraction}")
+    fractions = split_fractions(val_fraction, test_fraction)
     classes = tuple(class_names) if class_names is not None else find_class_names(data_dir)
     items = scan_class_folders(data_dir, classes)
     report = []

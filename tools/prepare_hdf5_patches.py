@@ -26,7 +26,7 @@ import numpy as np
 # the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tpp_components.data import SPLITS, DatalistError, stratified_split, write_datalist  # noqa: E402
+from tpp_components.data import SPLITS, DatalistError, split_fractions, stratified_split, write_datalist  # noqa: E402
 from tpp_components.io import atomic_path  # noqa: E402
 
 
@@ -107,9 +107,7 @@ def main(
         raise ValueError("give --group_key or --group_size, not both")
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    if min(fractions) < 0:
-        raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction} + {test_fraction}")
+    fractions = split_fractions(val_fraction, test_fraction)
     out = Path(output)
     patches_out = Path(patch_output) if patch_output else out.parent / f"{out.stem}_patches"
     read = [(f, *read_patches(f, image_key, label_key, group_key)) for f in files]  # every file checked before writing

@@ -25,7 +25,7 @@ import numpy as np
 # the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tpp_components.data import SPLITS, DatalistError, near_duplicate_groups, stratified_split, write_datalist  # noqa: E402
+from tpp_components.data import SPLITS, DatalistError, near_duplicate_groups, split_fractions, stratified_split, write_datalist  # noqa: E402
 from tpp_components.data.mask_pairs import DEFAULT_MASK_PATTERN, ImageMasks, scan_image_mask_pairs  # noqa: E402
 from tpp_components.io import atomic_path  # noqa: E402
 
@@ -109,9 +109,7 @@ def main(
     Returns:
         the path of the written datalist.
     """
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    if min(fractions) < 0:
-        raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction} + {test_fraction}")
+    fractions = split_fractions(val_fraction, test_fraction)
     out = Path(output)
     masks_out = Path(mask_output) if mask_output else out.parent / f"{out.stem}_masks"
     pairs = scan_image_mask_pairs(data_dir, mask_pattern, mask_dir)

@@ -27,7 +27,7 @@ import numpy as np
 # the repository root: ``tools`` and (in a checkout that is not installed) ``tpp_components``
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tpp_components.data import SPLITS, DatalistError, write_datalist  # noqa: E402
+from tpp_components.data import SPLITS, DatalistError, split_fractions, write_datalist  # noqa: E402
 from tpp_components.data.nifti_pairs import check_volume_pair, read_msd_dataset, scan_nifti_folders  # noqa: E402
 
 
@@ -80,9 +80,7 @@ def main(
     """
     if (msd_dir is None) == (images_dir is None or labels_dir is None):
         raise ValueError("give either --msd_dir, or both --images_dir and --labels_dir")
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    if min(fractions) < 0:
-        raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction} + {test_fraction}")
+    fractions = split_fractions(val_fraction, test_fraction)
     ids = [int(foreground)] if isinstance(foreground, (int, np.integer)) else [int(i) for i in foreground]
     if not ids or any(i <= 0 for i in ids):
         raise ValueError(f"foreground must be one or more positive label ids, got {foreground!r}")

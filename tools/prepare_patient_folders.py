@@ -25,7 +25,7 @@ import fire
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.prepare_nifti_pairs import split_volumes  # noqa: E402
-from tpp_components.data import SPLITS, DatalistError, write_datalist  # noqa: E402
+from tpp_components.data import SPLITS, DatalistError, split_fractions, write_datalist  # noqa: E402
 from tpp_components.data.nifti_pairs import check_volume_pair  # noqa: E402
 from tpp_components.data.patient_folders import DEFAULT_LABEL_PATTERNS, scan_patient_folders  # noqa: E402
 
@@ -76,9 +76,7 @@ def main(
         splits = {s: [{k: e[k] for k in ("image", "label", "patient")} for e in entries if e["split"] == s] for s in SPLITS}
         split_by = "folders"
     else:
-        fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-        if min(fractions) < 0:
-            raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction} + {test_fraction}")
+        fractions = split_fractions(val_fraction, test_fraction)
         keyed = [{"image": e["label"], "entry": {k: e[k] for k in ("image", "label", "patient")}} for e in entries]
         splits = {s: [k["entry"] for k in part] for s, part in split_volumes(keyed, fractions, seed).items()}
         split_by = f"random by patient, seed {seed}"

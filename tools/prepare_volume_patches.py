@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.prepare_hdf5_patches import _save  # noqa: E402
-from tpp_components.data import SPLITS, DatalistError, load_datalist, stratified_split, write_datalist  # noqa: E402
+from tpp_components.data import SPLITS, DatalistError, load_datalist, split_fractions, stratified_split, write_datalist  # noqa: E402
 
 
 def volume_transform(spacing: float, window: Sequence[float]):
@@ -117,7 +117,7 @@ def main(
     if not items:
         raise DatalistError(f"no patch from {volumes}: no volume has a slice")
     if resplit:
-        fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+        fractions = split_fractions(val_fraction, test_fraction)
         splits = stratified_split([{k: v for k, v in i.items() if k != "split"} for i in items], fractions, seed=seed)
     else:
         splits = {s: [i for i in items if i["split"] == s] for s in SPLITS}

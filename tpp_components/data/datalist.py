@@ -21,7 +21,7 @@ from tpp_components.io import atomic_write_text
 
 __all__ = [
     "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "SPLITS", "DatalistError", "build_datalist", "find_class_names", "is_mask_file",
-    "load_datalist", "scan_class_folders", "stratified_split", "validate_datalist", "write_datalist",
+    "load_datalist", "scan_class_folders", "split_fractions", "stratified_split", "validate_datalist", "write_datalist",
 ]
 
 #: BUSI class names; the label index of a class is its position.
@@ -114,6 +114,18 @@ def scan_class_folders(
         items += [{"image": str(p), "label": label} for p in files]
     _raise_problems(f"dataset folder {root}", problems)
     return sorted(items, key=lambda item: item["image"])
+
+
+def split_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float, float]:
+    """``(training, validation, test)`` fractions from the two a converter takes.
+
+    Raises:
+        ValueError: a fraction is negative or the two add up to more than 1.
+    """
+    fractions = (1.0 - val_fraction - test_fraction, float(val_fraction), float(test_fraction))
+    if min(fractions) < 0:
+        raise ValueError(f"val_fraction and test_fraction must be >= 0 and add up to at most 1, got {val_fraction} + {test_fraction}")
+    return fractions
 
 
 def _split_sizes(n: int, fractions: Sequence[float]) -> list[int]:

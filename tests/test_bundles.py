@@ -1,0 +1,46 @@
+"""What every bundle of the collection must have and pass; adding a bundle is one line in BUNDLES."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT, SCHEMA
+
+#: every bundle under bundles/
+BUNDLES = ["breast_us_classification", "breast_us_segmentation"]
+
+REQUIRED_FILES = ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/tpp.json",
+                  "configs/evaluate.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt"]
+
+
+def test_the_list_is_every_bundle():
+    assert sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir()) == sorted(BUNDLES)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_files_and_json_style(bundle):
+    root = ROOT / "bundles" / bundle
+    assert [f for f in REQUIRED_FILES if not (root / f).is_file()] == []
+    for path in sorted((root / "configs").glob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not 4-space indented JSON (the zoo's style)"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_verifies_against_schema(bundle):
+    if not SCHEMA.is_file():
+        pytest.skip(f"metadata schema '{SCHEMA}' not found (set TPP_SCHEMA)")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(ROOT / "bundles" / bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_net_in_out(bundle):
+    from monai.bundle import verify_net_in_out
+
+    configs = ROOT / "bundles" / bundle / "configs"
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.json"), device="cpu", bundle_root=str(ROOT / "bundles" / bundle))
