@@ -66,6 +66,10 @@ def test_scan_pairs_with_the_default_and_a_custom_pattern(tmp_path: Path) -> Non
     assert [m.name for m in found[0].masks] == ["case 1-seg.png"]
     with pytest.raises(DatalistError, match="named group 'stem'"):
         scan_image_mask_pairs(root, r".+_mask")
+    _image(root / "malignant" / "malignant (1).jpg")
+    with pytest.raises(DatalistError, match=r"differ only in extension.*malignant \(1\)"):
+        scan_image_mask_pairs(root)
+    (root / "malignant" / "malignant (1).jpg").unlink()
     _mask(root / "benign" / "stray (9)_mask.png", None)
     with pytest.raises(DatalistError, match=r"stray \(9\)_mask.png"):
         scan_image_mask_pairs(root)

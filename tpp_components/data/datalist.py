@@ -150,8 +150,8 @@ def stratified_split(
     Items that carry a ``"group"`` (near-duplicates, one patient's images) move together: the
     groups of a class (a group's class is its members' most common label) are shuffled and
     training, validation and test are filled in turn, each while a group brings it nearer its
-    share of items, so the shares are met up to half a group. Without groups every item is its own group and the
-    split is the plain one. The ``"group"`` key is dropped from the output.
+    share of items, so the shares are met up to half a group. Without groups every item is its
+    own group and the split is the plain one. The ``"group"`` key is dropped from the output.
 
     Args:
         items: dicts with ``"image"``, an integer ``"label"`` and optionally a ``"group"``.

@@ -75,12 +75,16 @@ def scan_image_mask_pairs(
         match = pattern.fullmatch(_strip_extension(path.name))
         return match.group("stem") if match else None
 
-    images = {}
+    images, clashes = {}, []
     for path in files(root):
         if mask_root is None and mask_stem(path) is not None:
             continue
-        images[(path.parent.relative_to(root), _strip_extension(path.name))] = ImageMasks(
-            image=path, group=str(path.parent.relative_to(root)) if path.parent != root else "")
+        key = (path.parent.relative_to(root), _strip_extension(path.name))
+        if key in images:  # x.png and x.jpg: a mask named x_mask could belong to either
+            clashes.append(f"{images[key].image.name} and {path.name} in {path.parent}")
+        images[key] = ImageMasks(image=path, group=str(path.parent.relative_to(root)) if path.parent != root else "")
+    if clashes:
+        raise DatalistError(f"images that differ only in extension cannot be paired with masks by name: {clashes[:10]}")
     if not images:
         raise DatalistError(f"dataset folder {root} holds no image ending in {list(exts)}")
     orphans = []
