@@ -1,0 +1,250 @@
+"""The brain MRI classification bundle: every stage through ConfigWorkflow, the LiteMedSAM switch, learning gates.
+
+The synthetic data are four class folders of brain-slice-like JPEGs written here (``tools/make_demo_data.py``
+draws breast ultrasound with three classes); half of them are RGB and half grey, as in the real set.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from bundle_utils import run, train_and_evaluate, workflow
+from conftest import ROOT, needs_weights, require_data
+from tools.prepare_class_folders import main as prepare_class_folders
+from tpp_components.data import load_datalist, write_datalist
+from tpp_components.peft import read_manifest
+
+BUNDLE = ROOT / "bundles" / "brain_mri_classification"
+CONFIGS = BUNDLE / "configs"
+CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
+TRAIN, PRETRAIN, TPP, EVALUATE = ["train.json"], ["train.json", "pretrain.json"], ["train.json", "tpp.json"], ["train.json", "evaluate.json"]
+SWITCH = "litemedsam.json"
+SWITCH_TRAIN, SWITCH_TPP, SWITCH_EVALUATE = ["train.json", SWITCH], ["train.json", SWITCH, "tpp.json"], ["train.json", SWITCH, "evaluate.json"]
+
+#: learning gates: balanced accuracy over the trivial predictor's 1/4, in points.
+#: synthetic (stage 0 6 epochs, TPP 2, LoRA 10, 64 px, n=32 test images): measured 0.XXX
+SYNTHETIC_MARGIN = 0.3
+#: real subsample (see test_gate_lora_beats_trivial_on_real_brain_mri): measured 0.XXX
+REAL_MARGIN = 0.15
+
+
+def _brain_slice(rng: np.random.Generator, class_name: str, size: int) -> np.ndarray:
+    """One 8-bit brain-slice-like image: skull ring, brain, and a class-specific bright lesion.
+
+    glioma: a large irregular lesion inside one hemisphere; meningioma: a round lesion against the
+    skull; pituitary: a small lesion at the skull base in the midline; notumor: none.
+    """
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    ay, ax = rng.uniform(0.36, 0.44), rng.uniform(0.30, 0.38)
+    r = np.hypot(yy / ay, xx / ax)
+    img = 0.05 + 0.8 * ((r > 0.92) & (r < 1.0)) + (r <= 0.92) * rng.uniform(0.3, 0.45)
+    img += (r <= 0.92) * 0.08 * np.cos(rng.uniform(15, 25) * np.hypot(yy, xx) + rng.uniform(0, 6))  # gyri-like texture
+    if class_name == "glioma":
+        cy, cx = rng.uniform(-0.15, 0.1), rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)
+        theta = np.arctan2(yy - cy, xx - cx)
+        edge = rng.uniform(0.1, 0.14) * (1 + 0.3 * np.cos(rng.integers(3, 6) * theta + rng.uniform(0, 6)))
+        img += rng.uniform(0.35, 0.5) * (np.hypot(yy - cy, xx - cx) < edge)
+    elif class_name == "meningioma":
+        angle = rng.uniform(-np.pi, 0)  # upper half of the skull
+        cy, cx = 0.8 * ay * np.sin(angle), 0.8 * ax * np.cos(angle)
+        img += rng.uniform(0.4, 0.55) * (np.hypot(yy - cy, xx - cx) < rng.uniform(0.07, 0.1))
+    elif class_name == "pituitary":
+        cy, cx = rng.uniform(0.12, 0.2), rng.uniform(-0.03, 0.03)
+        img += rng.uniform(0.45, 0.6) * (np.hypot(yy - cy, xx - cx) < rng.uniform(0.04, 0.06))
+    img = img * rng.uniform(0.8, 1.1) + rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_brain_like_dataset(output_dir: Path, num_per_class: int, size: int = 64, seed: int = 0) -> Path:
+    """``output_dir/<class>/<class>_<n>.jpg`` for the four classes; odd-numbered images are saved as RGB."""
+    rng = np.random.default_rng(seed)
+    for class_name in CLASS_NAMES:
+        folder = output_dir / class_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(num_per_class):
+            image = Image.fromarray(_brain_slice(rng, class_name, size))
+            (image.convert("RGB") if n % 2 else image).save(folder / f"{class_name}_{n}.jpg", quality=95)
+    return output_dir
+
+
+def _datalist(tmp: Path, num_per_class: int, seed: int = 0) -> str:
+    data = make_brain_like_dataset(tmp / "data", num_per_class, seed=seed)
+    return prepare_class_folders(data_dir=str(data), output=str(tmp / "datalist.json"), near_duplicates=False)
+
+
+@pytest.fixture(scope="module")
+def demo_datalist(tmp_path_factory) -> str:
+    return _datalist(tmp_path_factory.mktemp("brain_demo"), num_per_class=8)
+
+
+def _parser(configs: list[str], **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser["bundle_root"] = str(BUNDLE)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def _copy_test_images(datalist: str, folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for item in load_datalist(datalist)["test"][:count]:
+        names.append(Path(item["image"]).name)
+        (folder / names[-1]).write_bytes(Path(item["image"]).read_bytes())
+    return names
+
+
+def _predictions(folder: Path) -> dict[str, list[float]]:
+    """``predictions.csv`` of MONAI's ClassificationSaver: file name, then one probability per class."""
+    rows = list(csv.reader((folder / "predictions.csv").read_text().strip().splitlines()))
+    return {Path(row[0]).name: [float(v) for v in row[1:]] for row in rows}
+
+
+def test_converter_classes_metadata_and_inference_agree_with_train(demo_datalist):
+    """The converter's label order (sorted folders), metadata's channel_def and inference.json are train.json's."""
+    train, infer = _parser(TRAIN), _parser(["inference.json"])
+    assert tuple(train["class_names"]) == CLASS_NAMES and train["num_classes"] == 4
+    assert load_datalist(demo_datalist)["labels"] == {str(i): c for i, c in enumerate(CLASS_NAMES)}
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {str(i): c for i, c in enumerate(CLASS_NAMES)}
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 4
+    for key in ("peft", "freeze_backbone", "pooling", "head_norm", "image_size", "patch_size", "num_classes", "class_names", "in_channels"):
+        assert train.get_parsed_content(key) == infer.get_parsed_content(key), key
+    resolved = [p.get_parsed_content("backbone", instantiate=False).get_config() for p in (train, infer)]
+    assert resolved[0] == resolved[1]
+    assert train["preprocessing"] == infer["preprocessing"]["transforms"]
+
+
+def test_grey_and_rgb_images_give_the_same_input(tmp_path):
+    """The real set mixes RGB and grey JPEGs: both become the same one-channel [0, 1] image."""
+    array = _brain_slice(np.random.default_rng(1), "glioma", 96)
+    Image.fromarray(array).save(tmp_path / "grey.png")
+    Image.fromarray(array).convert("RGB").save(tmp_path / "rgb.png")
+    preprocessing = _parser(["inference.json"]).get_parsed_content("preprocessing")
+    grey, rgb = (preprocessing({"image": str(tmp_path / f"{n}.png")})["image"] for n in ("grey", "rgb"))
+    assert grey.shape == rgb.shape == (1, 64, 64)
+    assert torch.allclose(grey, rgb, atol=1e-6) and 0.0 <= float(grey.min()) < float(grey.max()) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "configs,workflow_type",
+    [(PRETRAIN, "train"), (TPP, "train"), (TRAIN, "train"), (EVALUATE, "train"), (["inference.json"], "infer"),
+     (SWITCH_TPP, "train"), (SWITCH_TRAIN, "train"), (SWITCH_EVALUATE, "train"), (["inference.json", SWITCH], "infer")],
+)
+def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
+    images = tmp_path / "images"
+    _copy_test_images(demo_datalist, images, 1)
+    overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(images)}
+    if SWITCH not in configs and configs in (TPP, TRAIN):
+        # properties only: no stage-0 / TPP file needed
+        overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
+    if SWITCH in configs:
+        overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True)  # no weights needed for properties
+    assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
+
+
+def test_every_stage_one_epoch_on_synthetic_data(demo_datalist, tmp_path):
+    """Stage 0 -> TPP -> fine-tuning from TPP -> evaluation -> inference -> ckpt_export, one epoch each."""
+    common = {"datalist": demo_datalist, "ckpt_dir": str(tmp_path / "models"), "num_epochs": 1}
+    run(PRETRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "pretrain"), **common)
+    run(TPP, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "tpp"), **common)
+    run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), init="tpp", **common)
+    run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
+    names = _copy_test_images(demo_datalist, tmp_path / "images", 4)
+    run(["inference.json"], bundle=BUNDLE, workflow_type="infer", input_dir=str(tmp_path / "images"),
+        output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models"))
+
+    models = tmp_path / "models"
+    for name in ("backbone.pt", "pretext_decoder.pt", "tpp_target_parameters.safetensors", "model.pt", "target_parameters.safetensors"):
+        assert (models / name).is_file(), name
+    assert read_manifest(models / "tpp_target_parameters.safetensors")["backbone"]["fingerprint"] == \
+        read_manifest(models / "target_parameters.safetensors")["backbone"]["fingerprint"]
+    report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
+    assert set(report["per_class"]) == set(CLASS_NAMES) and report["num_samples"] == len(load_datalist(demo_datalist)["test"])
+    # inference: one row per image, four class probabilities summing to 1
+    predictions = _predictions(tmp_path / "pred")
+    assert sorted(predictions) == sorted(names)
+    assert all(len(p) == 4 and abs(sum(p) - 1) < 1e-4 for p in predictions.values())
+
+    # the merged model loads strictly into inference.json's network_def; its TorchScript export gives the same outputs
+    net = _parser(["inference.json"]).get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", weights_only=True), strict=True)
+    assert not any("lora" in k for k in net.state_dict())
+    from monai.bundle import ckpt_export
+
+    ts = models / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(models / "model.pt"), meta_file=str(CONFIGS / "metadata.json"),
+                config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-5)
+        # and inference's probabilities are the softmax of that network on the preprocessed image
+        image = _parser(["inference.json"]).get_parsed_content("preprocessing")({"image": str(tmp_path / "images" / names[0])})["image"]
+        expected = torch.softmax(net(image[None].float()), dim=1)[0]
+    assert torch.allclose(torch.tensor(predictions[names[0]]), expected, atol=1e-4)
+
+
+@needs_weights
+def test_switch_runs_tpp_train_evaluate_and_inference(demo_datalist, tmp_path):
+    """LiteMedSAM's TinyViT encoder (no stage 0): TPP (SimMIM) -> LoRA from TPP -> evaluation -> inference, 32 px."""
+    common = {"datalist": demo_datalist, "ckpt_dir": str(tmp_path / "models"), "num_epochs": 1, "tpp_epochs": 1, "image_size": 32}
+    run(SWITCH_TPP, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "tpp"), **common)
+    run(SWITCH_TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), init="tpp", **common)
+    run(SWITCH_EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
+    names = _copy_test_images(demo_datalist, tmp_path / "images", 3)
+    run(["inference.json", SWITCH], bundle=BUNDLE, workflow_type="infer", input_dir=str(tmp_path / "images"),
+        output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models"), image_size=32)
+
+    models = tmp_path / "models"
+    manifest = read_manifest(models / "tpp_target_parameters.safetensors")
+    assert manifest["backbone"]["class"] == "TinyViTClassifier" and manifest["config"]["target_modules"] == "attention_mlp"
+    assert manifest["backbone"]["fingerprint"] == read_manifest(models / "target_parameters.safetensors")["backbone"]["fingerprint"]
+    report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
+    assert set(report["per_class"]) == set(CLASS_NAMES)
+    predictions = _predictions(tmp_path / "pred")
+    assert sorted(predictions) == sorted(names) and all(len(p) == 4 for p in predictions.values())
+    net = _parser(["inference.json", SWITCH], image_size=32).get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", weights_only=True), strict=True)
+    assert net.state_dict()["patch_embed.conv1.conv.weight"].shape[1] == 3
+
+
+def test_gate_lora_from_tpp_beats_trivial_on_synthetic_data(tmp_path):
+    """Stage 0, TPP and LoRA fine-tuning from TPP on 4x40 synthetic images; balanced accuracy on the test split."""
+    datalist = _datalist(tmp_path, num_per_class=40)
+    common = {"datalist": datalist, "ckpt_dir": str(tmp_path / "models")}
+    run(PRETRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "pretrain"), num_epochs=6, **common)
+    run(TPP, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "tpp"), tpp_epochs=2, **common)
+    run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), num_epochs=10, **common)
+    run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
+    report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
+    print(f"synthetic LoRA from TPP: balanced accuracy {report['balanced_accuracy']:.3f}, macro AUC {report['macro_auc']:.3f}")
+    assert report["balanced_accuracy"] >= 1 / 4 + SYNTHETIC_MARGIN, (report["balanced_accuracy"], report["per_class"])
+
+
+def test_gate_lora_beats_trivial_on_real_brain_mri(tmp_path):
+    """The converter on the real folder, then a stratified subsample of its split: stage 0, TPP, LoRA from TPP."""
+    folder = require_data("brain_tumor_mri") / "Training"
+    full = load_datalist(prepare_class_folders(data_dir=str(folder), output=str(tmp_path / "full.json")))
+    assert full["labels"] == {str(i): c for i, c in enumerate(CLASS_NAMES)}
+    per_class = {"training": 100, "validation": 15, "test": 50}
+    small = {**full, **{s: [d for c in range(4) for d in [x for x in full[s] if x["label"] == c][:n]] for s, n in per_class.items()}}
+    datalist = str(write_datalist(small, tmp_path / "small.json"))
+    common = {"datalist": datalist, "ckpt_dir": str(tmp_path / "models")}
+    run(PRETRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "pretrain"), num_epochs=8, **common)
+    run(TPP, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "tpp"), tpp_epochs=2, **common)
+    run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), num_epochs=8, **common)
+    run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
+    report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
+    print(f"real brain MRI subsample, LoRA from TPP: balanced accuracy {report['balanced_accuracy']:.3f}, "
+          f"macro AUC {report['macro_auc']:.3f}, majority rate {report['majority_rate']:.3f}")
+    assert report["num_samples"] == 200
+    assert report["balanced_accuracy"] >= 1 / 4 + REAL_MARGIN, (report["balanced_accuracy"], report["per_class"])
