@@ -18,7 +18,7 @@ from pathlib import Path
 from tpp_components.data.datalist import DatalistError
 from tpp_components.data.nifti_pairs import NIFTI_EXTENSIONS
 
-__all__ = ["DEFAULT_LABEL_PATTERNS", "FOLDER_SPLITS", "Patient", "scan_patient_folders"]
+__all__ = ["DEFAULT_LABEL_PATTERNS", "FOLDER_SPLITS", "Patient", "patient_image_datalist", "scan_patient_folders"]
 
 #: label file patterns tried in turn (BraTS 2013, BraTS 2018-2021)
 DEFAULT_LABEL_PATTERNS: tuple[str, ...] = ("*OTMultiClass*", "*_seg.nii*")
@@ -93,3 +93,37 @@ def scan_patient_folders(
     if not patients:
         raise DatalistError(f"no patient folder under {root}: no NIfTI file matches the label patterns {list(label_patterns)}")
     return patients
+
+
+def patient_image_datalist(root: str | os.PathLike, channel_patterns: Sequence[str]) -> list[dict[str, list[str]]]:
+    """The inference datalist of unlabelled patient folders: ``[{"image": [channel files]}, ...]``.
+
+    A patient folder is ``root`` itself or any folder below it with a NIfTI file matching one of
+    ``channel_patterns`` (case-insensitive globs, in channel order); each pattern must then match
+    exactly one of its files. No label is needed (compare :func:`scan_patient_folders`).
+
+    Raises:
+        DatalistError: ``root`` is missing or holds no patient folder, or a patient folder lacks a
+            channel or has several files for one pattern (every problem is listed).
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatalistError(f"input folder '{root}' does not exist or is not a folder.")
+    if isinstance(channel_patterns, str) or not channel_patterns:
+        raise DatalistError(f"give a list of channel patterns, e.g. ['*flair*', '*t1c*'], got {channel_patterns!r}")
+    entries, problems = [], []
+    for folder in sorted({root} | {p.parent for p in root.rglob("*") if p.is_file()}):
+        files = [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(NIFTI_EXTENSIONS)]
+        found = [_match(files, pattern) for pattern in channel_patterns]
+        if not any(found):
+            continue
+        bad = [f"{pattern!r} matches {len(m)} files {[p.name for p in m]}" for pattern, m in zip(channel_patterns, found) if len(m) != 1]
+        if bad:
+            problems.append(f"{folder}: " + "; ".join(bad) + f" (expected exactly one each of {sorted(p.name for p in files)})")
+            continue
+        entries.append({"image": [str(m[0]) for m in found]})
+    if problems:
+        raise DatalistError(f"{len(problems)} patient folder problem(s) in {root}:\n" + "\n".join(f"  - {p}" for p in problems))
+    if not entries:
+        raise DatalistError(f"no patient folder under '{root}': no NIfTI file matches the channel patterns {list(channel_patterns)}")
+    return entries
