@@ -34,8 +34,9 @@ SWITCH_TRAIN, SWITCH_TPP, SWITCH_EVALUATE = ["train.json", SWITCH], ["train.json
 #: the same run with the head norm's statistics averaged over all epochs instead of the last one: 0.479;
 #: without the head norm (4x40 images, LoRA 10 epochs) every image went to one class: 0.250
 SYNTHETIC_MARGIN = 0.4
-#: real subsample (see test_gate_lora_beats_trivial_on_real_brain_mri): measured 0.XXX
-REAL_MARGIN = 0.15
+#: real subsample (400 / 60 / 200 images, stage 0 8 epochs, TPP 2, LoRA 6, batch 16, 64 px): measured 0.810 (+56),
+#: macro AUC 0.921 (with LoRA 10 epochs: 0.805)
+REAL_MARGIN = 0.3
 
 
 def _brain_slice(rng: np.random.Generator, class_name: str, size: int) -> np.ndarray:
@@ -258,14 +259,14 @@ def test_gate_lora_from_tpp_beats_trivial_on_synthetic_data(tmp_path):
 
 def test_gate_lora_beats_trivial_on_real_brain_mri(tmp_path):
     """The converter on the real folder, then a stratified subsample of its split (400 / 60 / 200 images):
-    stage 0 (10 epochs), TPP (2), LoRA from TPP (10), batch 16, 64 px; balanced accuracy on the 200 test images."""
+    stage 0 (8 epochs), TPP (2), LoRA from TPP (6), batch 16, 64 px; balanced accuracy on the 200 test images."""
     folder = require_data("brain_tumor_mri") / "Training"
     full = load_datalist(prepare_class_folders(data_dir=str(folder), output=str(tmp_path / "full.json")))
     assert full["labels"] == {str(i): c for i, c in enumerate(CLASS_NAMES)}
     per_class = {"training": 100, "validation": 15, "test": 50}
     small = {**full, **{s: [d for c in range(4) for d in [x for x in full[s] if x["label"] == c][:n]] for s, n in per_class.items()}}
     datalist = str(write_datalist(small, tmp_path / "small.json"))
-    report = _stages_and_report(tmp_path, datalist, stage0=10, tpp=2, train=10, batch_size=16)
+    report = _stages_and_report(tmp_path, datalist, stage0=8, tpp=2, train=6, batch_size=16)
     print(f"real brain MRI subsample, LoRA from TPP: balanced accuracy {report['balanced_accuracy']:.3f}, "
           f"macro AUC {report['macro_auc']:.3f}, majority rate {report['majority_rate']:.3f}")
     assert report["num_samples"] == 200
