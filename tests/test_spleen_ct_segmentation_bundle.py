@@ -29,7 +29,7 @@ SMALL_UNETR = {"image_size": 32, "backbone#hidden_size": 48, "backbone#mlp_dim":
                "pretext#decoder_hidden": 16, "pretext#decoder_layers": 1, "pretext#decoder_heads": 2}
 
 #: learning gates: the all-background predictor has foreground Dice 0 on every volume with a spleen
-SYNTHETIC_MIN_DICE = 0.5  # measured TBD
+SYNTHETIC_MIN_DICE = 0.5  # measured 0.897 (1 stage-0, 1 TPP, 1 fine-tuning epoch of single crops; 6 training, 2 test volumes)
 REAL_MIN_DICE = 0.15  # measured 0.276 (1 stage-0, 1 TPP and 16 fine-tuning epochs of 4 crops on the one real CT, scored on itself)
 
 #: the synthetic CT's geometry: not RAS, not 3 mm, not cubic, so that the inverted prediction must undo all three
