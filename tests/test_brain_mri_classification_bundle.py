@@ -241,7 +241,7 @@ def _stages_and_report(tmp: Path, datalist: str, stage0: int, tpp: int, train: i
     run(PRETRAIN, bundle=BUNDLE, output_dir=str(tmp / "logs" / "pretrain"), num_epochs=stage0, **common)
     run(TPP, bundle=BUNDLE, output_dir=str(tmp / "logs" / "tpp"), tpp_epochs=tpp, **common)
     wf = run(TRAIN, bundle=BUNDLE, output_dir=str(tmp / "logs" / "train"), num_epochs=train, **common)
-    # the head norm's statistics are the last epoch's (head_norm_epoch_statistics), not a cumulative
+    # the head norm's statistics are the last epoch's (HeadNormStatistics), not a cumulative
     # average over every epoch of a changing LoRA network
     steps = len(wf.parser.get_parsed_content("train#dataloader"))
     assert int(_head_norm(wf.parser.get_parsed_content("network")).num_batches_tracked) == steps

@@ -1,4 +1,4 @@
-"""Atomic writes, the classification metrics and the pretext modules' contracts."""
+"""Atomic writes, the classification metrics, the head-norm statistics and the pretext modules' contracts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
+from ignite.engine import Engine
 
 from cases import make_backbone
+from tpp_components.handlers import HeadNormStatistics
 from tpp_components.handlers.classification_report import classification_metrics
 from tpp_components.io import atomic_path
 from tpp_components.networks import build_network
@@ -91,3 +94,30 @@ def test_class_weights_inverse_frequency_and_empty_class():
     assert torch.allclose(weights, torch.tensor([12 / 18, 12 / 6, 12 / 12]))
     with pytest.raises(ValueError, match=r"class\(es\) \[1\] have no training item"):
         class_weights([{"label": 0}, {"label": 2}], 3)
+
+
+def test_head_norm_statistics_are_the_last_epochs():
+    """The cumulative head norm describes the last epoch's features once HeadNormStatistics resets it each epoch."""
+    head, frozen = nn.BatchNorm1d(3, affine=False, momentum=None), nn.BatchNorm1d(3)
+    net = nn.ModuleDict({"backbone_norm": frozen, "head": head}).train()
+    data = [torch.randn(8, 3) for _ in range(3)]
+    shift = {1: 5.0, 2: -5.0}  # the features drift between epochs, as they do under PEFT
+
+    def step(engine, batch):
+        with torch.no_grad():
+            for norm in (frozen, head):
+                norm(batch + shift[engine.state.epoch])
+
+    epochs = torch.stack(data).flatten(0, 1)
+    last_epoch, both_epochs = (epochs + shift[2]).mean(0), (epochs + (shift[1] + shift[2]) / 2).mean(0)
+    for reset, wanted in ((True, last_epoch), (False, both_epochs)):
+        for norm in (frozen, head):
+            norm.reset_running_stats()
+        engine = Engine(step)
+        if reset:
+            handler = HeadNormStatistics(net)
+            handler.attach(engine)
+            assert handler.norms() == [head]  # the backbone's norm (it has a momentum) is left alone
+        engine.run(data, max_epochs=2)
+        assert torch.allclose(head.running_mean, wanted, atol=1e-4), (reset, head.running_mean, wanted)
+        assert int(frozen.num_batches_tracked) == 6
