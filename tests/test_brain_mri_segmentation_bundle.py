@@ -17,19 +17,14 @@ from conftest import ROOT, require_data
 from tools.prepare_patient_folders import main as prepare_patients
 from tpp_components.data import DatalistError, load_datalist, write_datalist
 from tpp_components.data.patient_folders import patient_image_datalist
+from volume_bundles import SMALL_SWIN, SMALL_UNETR, SWIN_SSL, UNETR, check_export, metric, small_network, swin_ssl_checkpoint
+from volume_bundles import dice as mask_dice
 
 BUNDLE = ROOT / "bundles" / "brain_mri_segmentation"
 CONFIGS = BUNDLE / "configs"
 TRAIN, PRETRAIN, TPP, EVALUATE = ["train.json"], ["train.json", "pretrain.json"], ["train.json", "tpp.json"], ["train.json", "evaluate.json"]
-UNETR, SWIN_SSL = "unetr.json", "swin_ssl.json"
 CHANNELS = ["flair*", "t1c*"]
 
-#: a small SwinUNETR for the tests (the bundle's CPU default has depths 2, 2, 2, 2); 64 is the smallest
-#: crop SwinUNETR takes (stride 32, and its bottleneck instance norm needs more than one voxel)
-SMALL_SWIN = {"backbone#depths": [1, 1, 1, 1], "backbone#num_heads": [3, 3, 3, 3]}
-#: a small 3D UNETR (32-voxel crops: 2x2x2 tokens of 16 voxels)
-SMALL_UNETR = {"image_size": 32, "backbone#hidden_size": 48, "backbone#mlp_dim": 96, "backbone#feature_size": 8,
-               "pretext#decoder_hidden": 16, "pretext#decoder_layers": 1, "pretext#decoder_heads": 2}
 
 #: learning gates: the all-background predictor has whole-tumour Dice 0 on every patient (all have a tumour)
 SYNTHETIC_MIN_DICE = 0.6  # measured 0.828 (1 stage-0, 1 TPP, 1 fine-tuning epoch of single crops; 6 training, 2 test patients)
@@ -81,11 +76,6 @@ def write_brats_folders(root: Path, splits: dict[str, int] = SYNTHETIC_SPLITS, s
     return root
 
 
-def _metric(eval_dir: Path, name: str = "val_mean_dice") -> float:
-    rows = list(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))
-    return float(dict(rows)[name])
-
-
 @pytest.fixture(scope="module")
 def synthetic_datalist(tmp_path_factory) -> str:
     """The converter run on synthetic BraTS folders, as the README tells a user to run it on theirs."""
@@ -105,17 +95,11 @@ def test_converter_keeps_the_folder_split_and_two_channels(synthetic_datalist):
 def _overrides(configs: list[str], datalist: str, workflow_type: str = "train") -> dict:
     """Settings to build any stage without earlier stages' outputs (random frozen backbone, standard init)."""
     if workflow_type == "infer":
-        return {"input_dir": str(Path(datalist).parent / "brats" / "test"), **_size(configs)}
-    overrides = {"datalist": datalist, **_size(configs)}
+        return {"input_dir": str(Path(datalist).parent / "brats" / "test"), **small_network(configs)}
+    overrides = {"datalist": datalist, **small_network(configs)}
     if "pretrain.json" not in configs:
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
     return overrides
-
-
-def _size(configs: list[str]) -> dict:
-    if UNETR in configs:
-        return SMALL_UNETR
-    return {} if SWIN_SSL in configs else SMALL_SWIN
 
 
 @pytest.mark.parametrize("configs,workflow_type", [
@@ -211,10 +195,6 @@ def test_inference_folder_datalist(tmp_path):
         patient_image_datalist(tmp_path / "brats", ["*adc*"])
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
 def _all_background_dice(entries: list[dict]) -> float:
     """MONAI's whole-tumour Dice of the trivial predictor (all background) on the patients: the gates' baseline."""
     from monai.metrics import DiceMetric
@@ -239,7 +219,7 @@ def _infer_and_check_geometry(tmp: Path, datalist: str, configs: list[str], **ov
         assert saved.shape == source.shape and np.allclose(saved.affine, source.affine, atol=1e-4), (saved.shape, saved.affine)
         mask = np.asarray(saved.dataobj)
         assert set(np.unique(mask)) <= {0, 1}
-        scores.append(_dice(mask == 1, np.asarray(nibabel.load(entry["label"]).dataobj) > 0))
+        scores.append(mask_dice(mask == 1, np.asarray(nibabel.load(entry["label"]).dataobj) > 0))
     return float(np.mean(scores))
 
 
@@ -252,7 +232,7 @@ def test_swin_stages_on_synthetic_mri_learn_restore_geometry_and_export(syntheti
     # one epoch of single crops: a higher learning rate than the bundle's default makes it enough
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), learning_rate=0.01, **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
-    dice, hd95 = _metric(tmp_path / "eval"), _metric(tmp_path / "eval", "val_hd95")
+    dice, hd95 = metric(tmp_path / "eval"), metric(tmp_path / "eval", "val_hd95")
     assert dice > SYNTHETIC_MIN_DICE, f"synthetic test Dice {dice:.3f} (all-background: 0)"
     assert 0 <= hd95 < 25, f"HD95 {hd95} voxels"  # measured 16.0 (2 mm voxels; one epoch leaves small false islands)
     models = tmp_path / "models"
@@ -268,29 +248,7 @@ def test_swin_stages_on_synthetic_mri_learn_restore_geometry_and_export(syntheti
     native = _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json"], **SMALL_SWIN)
     assert native > SYNTHETIC_MIN_DICE, f"Dice of the saved masks in the input's grid {native:.3f}"
     assert _all_background_dice(load_datalist(synthetic_datalist)["test"]) == 0.0
-    _check_export(tmp_path, ["inference.json"], SMALL_SWIN)
-
-
-def _check_export(tmp: Path, configs: list[str], overrides: dict) -> None:
-    """SwinUNETR does not script (its blocks call torch.utils.checkpoint); it exports by tracing at the crop size."""
-    from monai.bundle import ckpt_export
-
-    ts, ckpt = tmp / "models" / "model.ts", tmp / "models" / "model.pt"
-    files = [str(CONFIGS / c) for c in configs]
-    args = {"net_id": "network_def", "filepath": str(ts), "ckpt_file": str(ckpt), "meta_file": str(CONFIGS / "metadata.json"),
-            "config_file": files if len(files) > 1 else files[0], "bundle_root": str(BUNDLE), **overrides}
-    size = workflow(configs, workflow_type="infer", bundle=BUNDLE, **overrides).parser.get_parsed_content("image_size")
-    if UNETR not in configs:
-        with pytest.raises(Exception, match="variable number of arguments"):
-            ckpt_export(**args)
-        ckpt_export(**args, use_trace=True, input_shape=[1, 2, size, size, size])
-    else:
-        ckpt_export(**args)
-    net = workflow(configs, workflow_type="infer", bundle=BUNDLE, **overrides).parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(ckpt, weights_only=True))
-    x = torch.rand(1, 2, size, size, size)
-    with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-4)
+    check_export(BUNDLE, tmp_path, ["inference.json"], SMALL_SWIN, in_channels=2)
 
 
 def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path):
@@ -304,29 +262,9 @@ def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path)
     mlp = [k for k in backbone if ".mlp." in k]
     assert mlp and all(torch.equal(backbone[k], model[k]) for k in mlp)
     assert any(not torch.equal(backbone[k], model[k]) for k in backbone if ".attn.qkv.weight" in k)
-    assert 0.0 <= _metric(tmp_path / "logs" / "evaluate.json") <= 1.0
+    assert 0.0 <= metric(tmp_path / "logs" / "evaluate.json") <= 1.0
     _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json", UNETR], **SMALL_UNETR)
-    _check_export(tmp_path, ["inference.json", UNETR], SMALL_UNETR)
-
-
-def _swin_ssl_checkpoint(path: Path, in_channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random checkpoint in the key layout of MONAI's self-supervised Swin encoder (``model_swinvit.pt``,
-    Tang et al. 2022: ``module.encoder.layers1.0.0.blocks...``, feature size 48), and the SwinUNETR
-    encoder tensors it must load as. The published one has ``in_channels`` 1 (CT)."""
-    from monai.networks.nets import SwinUNETR
-
-    torch.manual_seed(seed)
-    net = SwinUNETR(in_channels=in_channels, out_channels=2, feature_size=48, spatial_dims=3)
-    encoder = {k: v for k, v in net.state_dict().items() if k.startswith("swinViT.")}
-    ssl = {}
-    for key, value in encoder.items():
-        rest = key.removeprefix("swinViT.")
-        ssl["module.encoder." + (rest if rest.startswith("patch_embed") else rest[:7] + ".0" + rest[7:])] = value
-    # SSL heads that the swin_ssl key map drops
-    ssl.update({"module.encoder.mask_token": torch.zeros(1, 1, 768), "module.encoder.norm.weight": torch.ones(768),
-                "module.rotation_head.weight": torch.zeros(4, 768), "module.contrastive_head.weight": torch.zeros(512, 768)})
-    torch.save({"epoch": 100, "state_dict": ssl}, path)
-    return encoder
+    check_export(BUNDLE, tmp_path, ["inference.json", UNETR], SMALL_UNETR, in_channels=2)
 
 
 def test_swin_ssl_switch_loads_a_two_channel_encoder_and_names_the_ct_one_mismatch(synthetic_datalist, tmp_path):
@@ -335,7 +273,7 @@ def test_swin_ssl_switch_loads_a_two_channel_encoder_and_names_the_ct_one_mismat
     from tpp_components.networks import WeightsError
 
     weights = tmp_path / "swin_ssl_2ch.pt"
-    encoder = _swin_ssl_checkpoint(weights, in_channels=2)
+    encoder = swin_ssl_checkpoint(weights, in_channels=2)
     wf = workflow(["train.json", SWIN_SSL], bundle=BUNDLE, datalist=synthetic_datalist, backbone_weights=str(weights),
                   init="standard", ckpt_dir=str(tmp_path / "models"))
     network = wf.parser.get_parsed_content("network")
@@ -346,7 +284,7 @@ def test_swin_ssl_switch_loads_a_two_channel_encoder_and_names_the_ct_one_mismat
     frozen = {n for n, p in network.named_parameters() if not p.requires_grad}
     assert {k for k in plain if k.endswith("weight")} <= frozen
     ct = tmp_path / "model_swinvit.pt"
-    _swin_ssl_checkpoint(ct, in_channels=1)
+    swin_ssl_checkpoint(ct, in_channels=1)
     with pytest.raises(RuntimeError) as err:
         workflow(["train.json", SWIN_SSL], bundle=BUNDLE, datalist=synthetic_datalist, backbone_weights=str(ct), init="standard")
     cause = err.value
@@ -371,6 +309,6 @@ def test_real_brats_whole_tumour_beats_all_background(tmp_path):
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), num_epochs=REAL_EPOCHS, val_interval=REAL_EPOCHS,
         learning_rate=0.01, warmup_epochs=0, **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
-    dice = _metric(tmp_path / "eval")
+    dice = metric(tmp_path / "eval")
     assert _all_background_dice(load_datalist(datalist)["test"]) == 0.0
     assert dice > REAL_MIN_DICE, f"real BraTS test-patient whole-tumour Dice {dice:.3f} (all-background: 0)"

@@ -15,18 +15,12 @@ from bundle_utils import run, workflow
 from conftest import ROOT, require_data
 from tools.prepare_nifti_pairs import main as prepare_nifti
 from tpp_components.data import load_datalist, write_datalist
+from volume_bundles import SMALL_SWIN, SMALL_UNETR, SWIN_SSL, UNETR, check_export, metric, small_network, swin_ssl_checkpoint
+from volume_bundles import dice as mask_dice
 
 BUNDLE = ROOT / "bundles" / "spleen_ct_segmentation"
 CONFIGS = BUNDLE / "configs"
 TRAIN, PRETRAIN, TPP, EVALUATE = ["train.json"], ["train.json", "pretrain.json"], ["train.json", "tpp.json"], ["train.json", "evaluate.json"]
-UNETR, SWIN_SSL = "unetr.json", "swin_ssl.json"
-
-#: a small SwinUNETR for the tests (the bundle's CPU default has depths 2, 2, 2, 2); 64 is the smallest
-#: crop SwinUNETR takes (stride 32, and its bottleneck instance norm needs more than one voxel)
-SMALL_SWIN = {"backbone#depths": [1, 1, 1, 1], "backbone#num_heads": [3, 3, 3, 3]}
-#: a small 3D UNETR (32-voxel crops: 2x2x2 tokens of 16 voxels)
-SMALL_UNETR = {"image_size": 32, "backbone#hidden_size": 48, "backbone#mlp_dim": 96, "backbone#feature_size": 8,
-               "pretext#decoder_hidden": 16, "pretext#decoder_layers": 1, "pretext#decoder_heads": 2}
 
 #: learning gates: the all-background predictor has foreground Dice 0 on every volume with a spleen
 SYNTHETIC_MIN_DICE = 0.5  # measured 0.897 (1 stage-0, 1 TPP, 1 fine-tuning epoch of single crops; 6 training, 2 test volumes)
@@ -67,11 +61,6 @@ def write_synthetic_ct(root: Path, count: int, seed: int = 0) -> tuple[Path, Pat
     return root / "ct", root / "seg"
 
 
-def _metric(eval_dir: Path, name: str = "val_mean_dice") -> float:
-    rows = list(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))
-    return float(dict(rows)[name])
-
-
 @pytest.fixture(scope="module")
 def synthetic_datalist(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("spleen_synthetic")
@@ -96,17 +85,11 @@ def one_volume_datalist(ct: Path, seg: Path, path: Path) -> str:
 def _overrides(configs: list[str], datalist: str, workflow_type: str = "train") -> dict:
     """Settings to build any stage without earlier stages' outputs (random frozen backbone, standard init)."""
     if workflow_type == "infer":
-        return {"input_dir": str(Path(datalist).parent / "data" / "ct"), **_size(configs)}
-    overrides = {"datalist": datalist, **_size(configs)}
+        return {"input_dir": str(Path(datalist).parent / "data" / "ct"), **small_network(configs)}
+    overrides = {"datalist": datalist, **small_network(configs)}
     if "pretrain.json" not in configs:
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
     return overrides
-
-
-def _size(configs: list[str]) -> dict:
-    if UNETR in configs:
-        return SMALL_UNETR
-    return {} if SWIN_SSL in configs else SMALL_SWIN
 
 
 @pytest.mark.parametrize("configs,workflow_type", [
@@ -151,10 +134,6 @@ def test_foreground_ids_of_the_datalist_become_label_1(synthetic_datalist, tmp_p
         assert abs(measured - expected) < 0.15 * expected, counts
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
 def _all_background_dice(entries: list[dict]) -> float:
     """MONAI's foreground Dice of the trivial predictor (all background) on the volumes: the gates' baseline."""
     from monai.metrics import DiceMetric
@@ -183,7 +162,7 @@ def _infer_and_check_geometry(tmp: Path, datalist: str, configs: list[str], **ov
         assert saved.shape == source.shape and np.allclose(saved.affine, source.affine, atol=1e-4), (saved.shape, saved.affine)
         mask = np.asarray(saved.dataobj)
         assert set(np.unique(mask)) <= {0, 1}
-        scores.append(_dice(mask == 1, np.asarray(nibabel.load(entry["label"]).dataobj) == 1))
+        scores.append(mask_dice(mask == 1, np.asarray(nibabel.load(entry["label"]).dataobj) == 1))
     return float(np.mean(scores))
 
 
@@ -196,7 +175,7 @@ def test_swin_stages_on_synthetic_ct_learn_restore_geometry_and_export(synthetic
     # one epoch of single crops: a higher learning rate than the bundle's default makes it enough
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), learning_rate=0.01, **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
-    dice, hd95 = _metric(tmp_path / "eval"), _metric(tmp_path / "eval", "val_hd95")
+    dice, hd95 = metric(tmp_path / "eval"), metric(tmp_path / "eval", "val_hd95")
     assert dice > SYNTHETIC_MIN_DICE, f"synthetic test Dice {dice:.3f} (all-background: 0)"
     assert 0 <= hd95 < 10, f"HD95 {hd95} voxels"
     models = tmp_path / "models"
@@ -211,29 +190,7 @@ def test_swin_stages_on_synthetic_ct_learn_restore_geometry_and_export(synthetic
     native = _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json"], **SMALL_SWIN)
     assert native > SYNTHETIC_MIN_DICE, f"Dice of the saved masks in the input's grid {native:.3f}"
     assert _all_background_dice(load_datalist(synthetic_datalist)["test"]) == 0.0
-    _check_export(tmp_path, ["inference.json"], SMALL_SWIN)
-
-
-def _check_export(tmp: Path, configs: list[str], overrides: dict) -> None:
-    """SwinUNETR does not script (its blocks call torch.utils.checkpoint); it exports by tracing at the crop size."""
-    from monai.bundle import ckpt_export
-
-    ts, ckpt = tmp / "models" / "model.ts", tmp / "models" / "model.pt"
-    files = [str(CONFIGS / c) for c in configs]
-    args = {"net_id": "network_def", "filepath": str(ts), "ckpt_file": str(ckpt), "meta_file": str(CONFIGS / "metadata.json"),
-            "config_file": files if len(files) > 1 else files[0], "bundle_root": str(BUNDLE), **overrides}
-    size = workflow(configs, workflow_type="infer", bundle=BUNDLE, **overrides).parser.get_parsed_content("image_size")
-    if UNETR not in configs:
-        with pytest.raises(Exception, match="variable number of arguments"):
-            ckpt_export(**args)
-        ckpt_export(**args, use_trace=True, input_shape=[1, 1, size, size, size])
-    else:
-        ckpt_export(**args)
-    net = workflow(configs, workflow_type="infer", bundle=BUNDLE, **overrides).parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(ckpt, weights_only=True))
-    x = torch.rand(1, 1, size, size, size)
-    with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-4)
+    check_export(BUNDLE, tmp_path, ["inference.json"], SMALL_SWIN, in_channels=1)
 
 
 def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path):
@@ -247,34 +204,14 @@ def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path)
     mlp = [k for k in backbone if ".mlp." in k]
     assert mlp and all(torch.equal(backbone[k], model[k]) for k in mlp)
     assert any(not torch.equal(backbone[k], model[k]) for k in backbone if ".attn.qkv.weight" in k)
-    assert 0.0 <= _metric(tmp_path / "logs" / "evaluate.json") <= 1.0
+    assert 0.0 <= metric(tmp_path / "logs" / "evaluate.json") <= 1.0
     _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json", UNETR], **SMALL_UNETR)
-    _check_export(tmp_path, ["inference.json", UNETR], SMALL_UNETR)
-
-
-def _swin_ssl_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random checkpoint in the key layout of MONAI's self-supervised Swin encoder (``model_swinvit.pt``,
-    Tang et al. 2022: ``module.encoder.layers1.0.0.blocks...``, feature size 48), and the SwinUNETR
-    encoder tensors it must load as."""
-    from monai.networks.nets import SwinUNETR
-
-    torch.manual_seed(seed)
-    encoder = {k: v for k, v in SwinUNETR(in_channels=1, out_channels=2, feature_size=48, spatial_dims=3).state_dict().items()
-               if k.startswith("swinViT.")}
-    ssl = {}
-    for key, value in encoder.items():
-        rest = key.removeprefix("swinViT.")
-        ssl["module.encoder." + (rest if rest.startswith("patch_embed") else rest[:7] + ".0" + rest[7:])] = value
-    # SSL heads that the swin_ssl key map drops
-    ssl.update({"module.encoder.mask_token": torch.zeros(1, 1, 768), "module.encoder.norm.weight": torch.ones(768),
-                "module.rotation_head.weight": torch.zeros(4, 768), "module.contrastive_head.weight": torch.zeros(512, 768)})
-    torch.save({"epoch": 100, "state_dict": ssl}, path)
-    return encoder
+    check_export(BUNDLE, tmp_path, ["inference.json", UNETR], SMALL_UNETR, in_channels=1)
 
 
 def test_swin_ssl_switch_starts_from_the_self_supervised_encoder(synthetic_datalist, tmp_path):
     weights = tmp_path / "model_swinvit.pt"
-    encoder = _swin_ssl_checkpoint(weights)
+    encoder = swin_ssl_checkpoint(weights)
     wf = workflow(["train.json", SWIN_SSL], bundle=BUNDLE, datalist=synthetic_datalist, backbone_weights=str(weights),
                   init="standard", ckpt_dir=str(tmp_path / "models"))
     network = wf.parser.get_parsed_content("network")
@@ -311,6 +248,6 @@ def test_real_ct_spleen_beats_all_background(tmp_path):
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), num_epochs=REAL_EPOCHS, val_interval=REAL_EPOCHS,
         learning_rate=0.01, warmup_epochs=0, **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
-    dice = _metric(tmp_path / "eval")
+    dice = metric(tmp_path / "eval")
     assert _all_background_dice(load_datalist(datalist)["test"]) == 0.0
     assert dice > REAL_MIN_DICE, f"real CT Dice {dice:.3f} on the volume it was trained on (all-background: 0)"
