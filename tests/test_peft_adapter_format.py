@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cases import image_size, make_backbone
+from conftest import ROOT, needs_weights
 from tpp_components.peft import PeftAdapterError, export_peft_adapter, import_peft_adapter, inject
 
 LORA = {"lora": {"r": 4, "alpha": 8, "target_modules": "attention"}, "dora": {"r": 4, "use_dora": True},
@@ -86,3 +87,41 @@ def test_import_refuses_a_truncated_tensor_set(tmp_path):
     with pytest.raises(PeftAdapterError, match="missing"):
         import_peft_adapter(net, folder)
     assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+@needs_weights
+def test_tool_exports_a_bundles_target_parameters_for_peft(tmp_path):
+    """tools/export_peft_adapter.py on breast_us_segmentation's LiteMedSAM network: peft's plain-network
+    load gives the bundle network's outputs (decoder aside: it is the same plain module on both sides)."""
+    from monai.bundle import ConfigParser
+    from peft import PeftModel
+
+    from tools.export_peft_adapter import main as export_tool
+    from tpp_components.networks import litemedsam_checkpoint
+    from tpp_components.networks.weights import load_backbone_weights
+    from tpp_components.peft import save_target_parameters
+    from tpp_components.pretext import head_modules
+
+    bundle = ROOT / "bundles" / "breast_us_segmentation"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "init": "standard"})
+    parser.get_parsed_content("imports")
+    net = parser.get_parsed_content("network_def").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    save_target_parameters(net, tmp_path / "target_parameters.safetensors", head_modules(net))
+    folder = export_tool(str(bundle), str(tmp_path / "target_parameters.safetensors"), str(tmp_path / "adapter"))
+    plain = parser.get_parsed_content("backbone", lazy=False)  # a fresh, un-injected TinyViTSegmenter
+    heads = head_modules(plain)
+    load_backbone_weights(plain, litemedsam_checkpoint(), key_map="litemedsam_trunk", allow_missing=heads)
+    for head in heads:  # the task head (the decoder) is not part of a peft adapter: it ships in model.pt
+        plain.get_submodule(head).load_state_dict(net.get_submodule(head).state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    loaded = PeftModel.from_pretrained(plain, folder).eval()
+    assert torch.allclose(_out(loaded, x), _out(net, x), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_tool(str(bundle), str(tmp_path / "nope.safetensors"), str(tmp_path / "a2"))
