@@ -53,6 +53,8 @@ def _pipeline(tmp: Path, datalist: str, epochs: int = 1) -> float:
     run(TPP, bundle=BUNDLE, output_dir=str(tmp / "logs" / "tpp"), **{**common, "num_epochs": 1})
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp / "logs" / "train"), init="tpp", **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp / "eval"), **common)
+    for stage in ("tpp", "train"):  # every training stage leaves a PNG of its curves beside its logs
+        assert (tmp / "logs" / stage / "curves.png").is_file(), stage
     return _mean_dice(tmp / "eval")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 import torch.nn as nn
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from cases import make_backbone
 from tpp_components.handlers import HeadNormStatistics
@@ -121,3 +123,36 @@ def test_head_norm_statistics_are_the_last_epochs():
         engine.run(data, max_epochs=2)
         assert torch.allclose(head.running_mean, wanted, atol=1e-4), (reset, head.running_mean, wanted)
         assert int(frozen.num_batches_tracked) == 6
+
+
+def test_curves_plotter_writes_the_training_loss_and_every_validation_metric(tmp_path):
+    from PIL import Image
+
+    from tpp_components.handlers import CurvesPlotter
+
+    validator = Engine(lambda e, b: None)
+    trainer = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate(engine):  # what ValidationHandler does: run the validator for this epoch
+        validator.run([0], max_epochs=engine.state.epoch) if engine.state.epoch % 2 == 0 else None
+        validator.state.metrics = {"val_mean_dice": 0.1 * engine.state.epoch, "note": "text is skipped"}
+
+    plotter = CurvesPlotter(tmp_path / "run", validator=validator)
+    plotter.attach(trainer)
+    trainer.run([1.0, 3.0], max_epochs=4)
+    assert plotter.train_loss == [(1, 2.0), (2, 2.0), (3, 2.0), (4, 2.0)]
+    assert plotter.metrics == {"val_mean_dice": [(2, 0.2), (4, 0.4)]}  # validated every 2nd epoch only
+    image = Image.open(tmp_path / "run" / "curves.png")
+    assert image.format == "PNG" and image.size[0] > 2 * image.size[1]  # two panels side by side
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["curves.png"]  # no temporary file left
+
+
+def test_atomic_path_gives_the_file_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644

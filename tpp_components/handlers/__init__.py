@@ -2,6 +2,7 @@
 
 from tpp_components.handlers.checkpoints import latest_checkpoint
 from tpp_components.handlers.classification_report import ClassificationReport, classification_metrics
+from tpp_components.handlers.curves import CurvesPlotter
 from tpp_components.handlers.head_norm import HeadNormStatistics
 from tpp_components.handlers.states import BackboneState, DeployableState, PretextDecoderState, TrainableState
 from tpp_components.handlers.target_parameters_saver import TargetParametersSaver
