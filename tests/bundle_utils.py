@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import ROOT
@@ -67,3 +68,22 @@ def train_and_evaluate(
     run(train, output_dir=str(tmp / name / "logs"), num_epochs=epochs, **common)
     run(evaluate, output_dir=str(tmp / name / "eval"), **{k: v for k, v in common.items() if k != "backbone_weights"})
     return json.loads((tmp / name / "eval" / "classification_report.json").read_text())
+
+
+def check_export(bundle: Path, configs: list[str], ckpt: Path, input_shape: list[int], atol: float, trace: bool = False,
+                 **overrides) -> None:
+    """The zoo's ``ckpt_export`` of ``ckpt`` (scripted, or traced at ``input_shape``) gives the outputs of
+    ``network_def`` with the checkpoint loaded strictly."""
+    from monai.bundle import ckpt_export
+
+    config_dir = Path(bundle) / "configs"
+    files = [str(config_dir / c) for c in configs]
+    ts = Path(ckpt).with_suffix(".ts")
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), meta_file=str(config_dir / "metadata.json"),
+                config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle),
+                **({"use_trace": True, "input_shape": input_shape} if trace else {}), **overrides)
+    net = workflow(configs, workflow_type="infer", bundle=bundle, **overrides).parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    x = torch.rand(*input_shape)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=atol)

@@ -17,7 +17,7 @@ from conftest import ROOT, require_data
 from tools.prepare_patient_folders import main as prepare_patients
 from tpp_components.data import DatalistError, load_datalist, write_datalist
 from tpp_components.data.patient_folders import patient_image_datalist
-from volume_bundles import SMALL_SWIN, SMALL_UNETR, SWIN_SSL, UNETR, check_export, metric, small_network, swin_ssl_checkpoint
+from volume_bundles import SMALL_SWIN, SMALL_UNETR, SWIN_SSL, UNETR, check_export_3d, metric, small_network, swin_ssl_checkpoint
 from volume_bundles import dice as mask_dice
 
 BUNDLE = ROOT / "bundles" / "brain_mri_segmentation"
@@ -248,7 +248,7 @@ def test_swin_stages_on_synthetic_mri_learn_restore_geometry_and_export(syntheti
     native = _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json"], **SMALL_SWIN)
     assert native > SYNTHETIC_MIN_DICE, f"Dice of the saved masks in the input's grid {native:.3f}"
     assert _all_background_dice(load_datalist(synthetic_datalist)["test"]) == 0.0
-    check_export(BUNDLE, tmp_path, ["inference.json"], SMALL_SWIN, in_channels=2)
+    check_export_3d(BUNDLE, tmp_path, ["inference.json"], SMALL_SWIN, in_channels=2)
 
 
 def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path):
@@ -264,7 +264,7 @@ def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path)
     assert any(not torch.equal(backbone[k], model[k]) for k in backbone if ".attn.qkv.weight" in k)
     assert 0.0 <= metric(tmp_path / "logs" / "evaluate.json") <= 1.0
     _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json", UNETR], **SMALL_UNETR)
-    check_export(BUNDLE, tmp_path, ["inference.json", UNETR], SMALL_UNETR, in_channels=2)
+    check_export_3d(BUNDLE, tmp_path, ["inference.json", UNETR], SMALL_UNETR, in_channels=2)
 
 
 def test_swin_ssl_switch_loads_a_two_channel_encoder_and_names_the_ct_one_mismatch(synthetic_datalist, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_utils import run, workflow
+from bundle_utils import check_export, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.prepare_hdf5_patches import main as prepare_hdf5
 from tools.prepare_nifti_pairs import main as prepare_nifti
@@ -180,15 +180,7 @@ def test_all_stages_on_synthetic_volumes_learn_and_restore_geometry(volume_datal
     assert overlap > max(transposed, 0.3 * truth.sum()), f"tumour pixels found {overlap} (transposed {transposed}) of {truth.sum()}"
 
     # the zoo's TorchScript export of the merged model gives the checkpoint's outputs
-    from monai.bundle import ckpt_export
-
-    ts, ckpt = tmp_path / "models" / "model.ts", tmp_path / "models" / "model.pt"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
-                config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
-    net = workflow(["inference.json"], workflow_type="infer", bundle=BUNDLE).parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(ckpt, weights_only=True))
-    x = torch.rand(2, 3, 64, 64)
-    assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-4)
+    check_export(BUNDLE, ["inference.json"], tmp_path / "models" / "model.pt", [2, 3, 64, 64], atol=1e-4)
 
 
 @needs_weights

@@ -15,7 +15,7 @@ from bundle_utils import run, workflow
 from conftest import ROOT, require_data
 from tools.prepare_nifti_pairs import main as prepare_nifti
 from tpp_components.data import load_datalist, write_datalist
-from volume_bundles import SMALL_SWIN, SMALL_UNETR, SWIN_SSL, UNETR, check_export, metric, small_network, swin_ssl_checkpoint
+from volume_bundles import SMALL_SWIN, SMALL_UNETR, SWIN_SSL, UNETR, check_export_3d, metric, small_network, swin_ssl_checkpoint
 from volume_bundles import dice as mask_dice
 
 BUNDLE = ROOT / "bundles" / "spleen_ct_segmentation"
@@ -190,7 +190,7 @@ def test_swin_stages_on_synthetic_ct_learn_restore_geometry_and_export(synthetic
     native = _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json"], **SMALL_SWIN)
     assert native > SYNTHETIC_MIN_DICE, f"Dice of the saved masks in the input's grid {native:.3f}"
     assert _all_background_dice(load_datalist(synthetic_datalist)["test"]) == 0.0
-    check_export(BUNDLE, tmp_path, ["inference.json"], SMALL_SWIN, in_channels=1)
+    check_export_3d(BUNDLE, tmp_path, ["inference.json"], SMALL_SWIN, in_channels=1)
 
 
 def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path):
@@ -206,7 +206,7 @@ def test_unetr_switch_runs_every_stage_and_scripts(synthetic_datalist, tmp_path)
     assert any(not torch.equal(backbone[k], model[k]) for k in backbone if ".attn.qkv.weight" in k)
     assert 0.0 <= metric(tmp_path / "logs" / "evaluate.json") <= 1.0
     _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json", UNETR], **SMALL_UNETR)
-    check_export(BUNDLE, tmp_path, ["inference.json", UNETR], SMALL_UNETR, in_channels=1)
+    check_export_3d(BUNDLE, tmp_path, ["inference.json", UNETR], SMALL_UNETR, in_channels=1)
 
 
 def test_swin_ssl_switch_starts_from_the_self_supervised_encoder(synthetic_datalist, tmp_path):
