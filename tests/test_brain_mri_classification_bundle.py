@@ -16,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from bundle_utils import run, train_and_evaluate, workflow
+from bundle_utils import check_export, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.prepare_class_folders import main as prepare_class_folders
 from tpp_components.data import load_datalist, write_datalist
@@ -182,17 +182,11 @@ def test_every_stage_one_epoch_on_synthetic_data(demo_datalist, tmp_path):
     net = _parser(["inference.json"]).get_parsed_content("network_def")
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True), strict=True)
     assert not any("lora" in k for k in net.state_dict())
-    from monai.bundle import ckpt_export
-
-    ts = models / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(models / "model.pt"), meta_file=str(CONFIGS / "metadata.json"),
-                config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
-    x = torch.rand(3, 1, 64, 64)
+    check_export(BUNDLE, ["inference.json"], models / "model.pt", [3, 1, 64, 64], atol=1e-5)
     with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-5)
         # and inference's probabilities are the softmax of that network on the preprocessed image
         image = _parser(["inference.json"]).get_parsed_content("preprocessing")({"image": str(tmp_path / "images" / names[0])})["image"]
-        expected = torch.softmax(net(image[None].float()), dim=1)[0]
+        expected = torch.softmax(net.eval()(image[None].float()), dim=1)[0]
     assert torch.allclose(torch.tensor(predictions[names[0]]), expected, atol=1e-4)
 
 
@@ -219,14 +213,7 @@ def test_switch_runs_tpp_train_evaluate_and_inference(demo_datalist, tmp_path):
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True), strict=True)
     assert net.state_dict()["patch_embed.conv1.conv.weight"].shape[1] == 3
     # the merged TinyViT exports to TorchScript too (the switch merged onto inference.json, as a user runs it)
-    from monai.bundle import ckpt_export
-
-    ts = models / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(models / "model.pt"), meta_file=str(CONFIGS / "metadata.json"),
-                config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / SWITCH)], bundle_root=str(BUNDLE), image_size=32)
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-5)
+    check_export(BUNDLE, ["inference.json", SWITCH], models / "model.pt", [2, 3, 32, 32], atol=1e-5, image_size=32)
 
 
 def _head_norm(network: torch.nn.Module) -> torch.nn.BatchNorm1d:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, run, stage_overrides, workflow
+from bundle_utils import BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, check_export, run, stage_overrides, workflow
 from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
@@ -101,13 +101,7 @@ def test_pipeline_lora_on_synthetic_data(demo_datalist, tmp_path):
     changed = [k for k in backbone if ".attn.qkv.weight" in k and not torch.equal(backbone[k], model[k])]
     assert changed, "the merged LoRA update did not reach the qkv weights"
     # the zoo's TorchScript export of the merged model gives the same outputs
-    from monai.bundle import ckpt_export
-
-    ts = tmp_path / "models" / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(tmp_path / "models" / "model.pt"),
-                meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
-    x = torch.rand(2, 1, 64, 64)
-    assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-5)
+    check_export(BUNDLE, ["inference.json"], tmp_path / "models" / "model.pt", [2, 1, 64, 64], atol=1e-5)
 
 
 def test_pipeline_adapter_saves_rebuildable_model(demo_datalist, tmp_path):
