@@ -3,7 +3,8 @@
 The pretext modules (:mod:`tpp_components.pretext`) return ``{"loss", "pred", "mask"}``, so the
 stock :class:`monai.engines.SupervisedTrainer` iteration (inferer, loss, AMP, gradient
 accumulation, iteration events) runs them unchanged; these subclasses only fix the loss
-function, turn off decollation and make validation masks reproducible.
+function, turn off decollation (the trainer's output is a one-item list, as a decollated one would be)
+and make validation masks reproducible.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class PretextTrainer(SupervisedTrainer):
 
     def __init__(self, loss_function: Callable = pretext_loss, decollate: bool = False, **kwargs: Any) -> None:
         super().__init__(loss_function=loss_function, decollate=decollate, **kwargs)
+
+    def _iteration(self, engine: Any, batchdata: dict[str, torch.Tensor]) -> list[dict]:
+        """One step of :class:`monai.engines.SupervisedTrainer`, its output wrapped in a one-item list.
+
+        Without decollation the output is a dict, for which MONAI's ``from_engine(["loss"], first=True)``
+        (the output transform of every loss-logging handler in the bundles: Stats, TensorBoard, MLflow)
+        returns a tuple that those handlers drop; a one-item list reads like a decollated output.
+        """
+        return [super()._iteration(engine, batchdata)]
 
 
 class PretextEvaluator(SupervisedEvaluator):
