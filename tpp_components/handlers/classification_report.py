@@ -8,10 +8,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 from monai.metrics import compute_roc_auc
+from monai.utils import evenly_divisible_all_gather
 
 from tpp_components.io import atomic_write_text
 
@@ -78,6 +80,10 @@ class ClassificationReport:
         output_transform: maps ``engine.state.output`` to ``(probs, labels)`` lists or tensors;
             ``pred`` holds class probabilities (or logits, softmax is applied when rows do not sum
             to one) and ``label`` an index or a one-hot vector.
+
+    In a multi-process run (``DistributedSampler``) every rank must attach it: the predictions of all
+    ranks are gathered (MONAI's ``evenly_divisible_all_gather``, as its metrics do) and only rank 0
+    logs and writes the report.
     """
 
     def __init__(
@@ -109,12 +115,15 @@ class ClassificationReport:
             self._labels.append(y.argmax() if y.numel() > 1 else y.long().squeeze())
 
     def _complete(self, engine: Engine) -> None:
-        probs = torch.stack(self._probs)
+        probs = evenly_divisible_all_gather(torch.stack(self._probs), concat=True)
+        labels = evenly_divisible_all_gather(torch.stack(self._labels), concat=True)
         if not torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-3):
             probs = probs.softmax(1)
-        self.report = classification_metrics(probs, torch.stack(self._labels), self.class_names)
+        self.report = classification_metrics(probs, labels, self.class_names)
         for key in ("accuracy", "balanced_accuracy", "macro_auc"):
             engine.state.metrics[key] = self.report[key]
+        if idist.get_rank() > 0:
+            return
         self.logger.info("classification report (epoch %d):\n%s", engine.state.epoch, format_table(self.report))
         if self.output_dir is not None:
             path = Path(self.output_dir) / "classification_report.json"
