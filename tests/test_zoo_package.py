@@ -233,3 +233,41 @@ def test_clear_errors_for_a_missing_or_mismatched_model(trained, tmp_path):
         package(str(BUNDLE), output=str(tmp_path / "p.zip"), version=VERSION, changelog="x",
                 ckpt_dir=str(trained["ckpt_dir"]), switches=["unetr.json"])
     assert not (tmp_path / "p.zip").exists()
+
+
+def test_swin_unetr_bundle_is_traced_and_keeps_its_network_overrides(tmp_path, caplog):
+    """3D: spleen_ct_segmentation's SwinUNETR does not script, so ``--export auto`` traces it; the small-network
+    overrides it was built with are written into the packaged configs, so that model.pt fits them.
+
+    model.pt here is the network's initial state (as the zoo's ``_produce_fake_weights`` makes one): what is tested
+    is the packaging of a network that only traces, not training, which the spleen bundle's own test covers.
+    """
+    from volume_bundles import SMALL_SWIN
+
+    spleen = ROOT / "bundles" / "spleen_ct_segmentation"
+    parser = ConfigParser()
+    parser.read_config(str(spleen / "configs" / "inference.json"))
+    for key, value in SMALL_SWIN.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    with caplog.at_level("WARNING", logger="package_bundle"):
+        zip_path = package(str(spleen), output=str(tmp_path / "spleen.zip"), version="9.9.9", changelog="zoo package",
+                           ckpt_dir=str(tmp_path / "models"), **SMALL_SWIN)
+    assert "does not script" in caplog.text and "exporting by tracing at [1, 1, 64, 64, 64]" in caplog.text
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    bundle = tmp_path / "unzipped" / spleen.name
+    for name in ("inference.json", "train.json"):
+        backbone = json.loads((bundle / "configs" / name).read_text())["backbone"]
+        assert backbone["depths"] == SMALL_SWIN["backbone#depths"], name
+    ts = torch.jit.load(str(bundle / "models" / "model.ts"))
+    common = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--bundle_root", "."]
+    out = isolated(bundle, "monai.bundle", "verify_net_in_out", "--net_id", "network_def", *common)
+    assert "data shape of network is verified with no error" in out
+    isolated(bundle, "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", "models/verify_model.ts",
+             "--ckpt_file", "models/model.pt", "--use_trace", "True", "--input_shape", "[1, 1, 64, 64, 64]", *common)
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ts(x), torch.jit.load(str(bundle / "models" / "verify_model.ts"))(x), atol=1e-4)
