@@ -28,7 +28,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as e:  # a full disk or a read-only folder: name the file that could not be written
+            if e.errno is None or e.filename == str(path):
+                raise
+            raise OSError(e.errno, f"could not write '{path}' ({e.strerror or e}); the previous file, if any, is unchanged",
+                          str(path)) from e
         # mkstemp makes the file private (0600); give it the permissions a plain open() would
         umask = os.umask(0)
         os.umask(umask)
