@@ -75,7 +75,8 @@ PACKAGE_DISTRIBUTION = "tpp-components"
 EXPORT_MODES = ("auto", "script", "trace")
 #: the stage files; every other config file of a bundle is a switch (``unetr.json``, ``litemedsam.json``...)
 MERGE_TARGETS = ("train.json", "inference.json")
-#: a fixed member time, as the zoo's ``compress_bundle`` touches every file: the same bundle gives the same zip
+#: a fixed member time, as the zoo's ``compress_bundle`` touches every file: two packagings of one bundle differ only
+#: in ``model.ts`` (TorchScript's serialisation is not byte-stable)
 ZIP_DATE = (2022, 5, 30, 0, 0, 0)
 
 
