@@ -4,8 +4,9 @@ the repository; the zoo's CI downloads them (``monai.apps.utils.download_url``) 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
+
+import yaml
 
 __all__ = ["LargeFilesError", "ZOO_SIZE_LIMIT_MB", "large_file_entries", "large_files_yaml"]
 
@@ -55,13 +56,5 @@ def large_file_entries(bundle_dir: str | Path, limit_mb: float, url: str | None,
 
 
 def large_files_yaml(entries: list[dict[str, str]]) -> str:
-    """The ``large_files.yml`` text of ``entries`` (the zoo's layout).
-
-    Written by hand rather than with PyYAML, which is not a dependency of the project: JSON strings are valid
-    YAML double-quoted scalars, so every value is quoted safely.
-    """
-    lines = ["large_files:"]
-    for entry in entries:
-        for i, (key, value) in enumerate(entry.items()):
-            lines.append(f"{'- ' if i == 0 else '  '}{key}: {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
+    """The ``large_files.yml`` text of ``entries`` (the zoo's layout: a ``large_files`` list, keys in entry order)."""
+    return yaml.safe_dump({"large_files": entries}, sort_keys=False)
