@@ -217,7 +217,7 @@ def _image_problem(path: Path) -> str | None:
             from PIL import Image
 
             with Image.open(path) as img:
-                img.verify()
+                img.load()  # a full decode: verify() passes a truncated JPEG
     except Exception as e:  # any reader error means the file is unusable
         return f"{type(e).__name__}: {e}"
     return None
@@ -240,7 +240,7 @@ def validate_datalist(
         datalist: the datalist dict.
         class_names: expected class names, in label order.
         base_dir: folder relative image paths are resolved against (default: current directory).
-        check_images: also open every image (PIL ``verify``; nibabel header for NIfTI).
+        check_images: also open every image (a full PIL decode; nibabel header for NIfTI).
     """
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     valid = f"0..{len(class_names) - 1} ({', '.join(class_names)})"
