@@ -1,0 +1,58 @@
+"""Inference through MONAI Label's ``BundleInferTask``, configured from the bundle's metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from monai.transforms import SqueezeDimd
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.bundle import BundleInferTask
+
+from lib.bundle_kind import bundle_kind
+
+__all__ = ["TPPBundleInferTask", "bundle_infer_task"]
+
+
+class TPPBundleInferTask(BundleInferTask):
+    """``BundleInferTask`` with two fixes for MONAI 1.6 and 2D masks.
+
+    - MONAI Label puts the image's path in the request as ``image_path``, and MONAI >= 1.5's ``Spacingd``
+      updates every ``image_*`` entry as if it were the image's meta dict (``'str' object has no attribute
+      'update'``): the entry is set aside while the pre-transforms run.
+    - ``Restored`` drops a singleton channel only from 3D predictions; MONAI Label's writer takes a 2D mask
+      as ``(W, H)``, and a ``(1, W, H)`` one would be written as a 3D image of width 1.
+    """
+
+    def run_pre_transforms(self, data: dict, transforms: Sequence[Callable]) -> dict:
+        path = data.pop("image_path", None)
+        data = super().run_pre_transforms(data, transforms)
+        if path is not None:
+            data["image_path"] = path
+        return data
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        post = list(super().post_transforms(data))
+        if self.type == InferType.SEGMENTATION and self.dimension == 2:
+            post.append(SqueezeDimd(keys=self.key_pred, dim=0))
+        return post
+
+
+def bundle_infer_task(path: str, conf: dict[str, str]) -> TPPBundleInferTask:
+    """The inference task of the bundle at ``path``.
+
+    - classification: ``type="classification"`` and no ``Restored`` post-transform (it resizes an image-shaped
+      prediction to the input's shape, which a vector of class probabilities is not), as MONAI Label's own
+      endoscopy / pathology classifiers are set up; the response is ``{"prediction": [{idx, label, score}]}``;
+    - segmentation: the bundle's postprocessing (``Invertd`` back to the input's geometry; ``SaveImaged`` is
+      dropped by the task) then ``Restored`` (and, in 2D, the channel squeezed); the mask is written as
+      ``uint8`` so that a PNG input gets a PNG mask.
+
+    ``load_strict=True``: MONAI Label's default (``False``) loads ``models/model.pt`` non-strictly, so a
+    mismatched checkpoint would only log a warning and serve random weights.
+    """
+    kind = bundle_kind(path)
+    classify = kind == InferType.CLASSIFICATION
+    task = TPPBundleInferTask(path, conf, type=kind, add_post_restore=not classify, load_strict=True)
+    if task.is_valid() and not classify:
+        task.config().update({"result_dtype": "uint8"})  # the request's default; a request may still override it
+    return task
