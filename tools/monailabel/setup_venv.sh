@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment in which tests/test_monailabel.py starts a real MONAI Label
 # server. MONAI Label lives in its own venv because it pins many packages (fastapi, uvicorn, ...) that the
-# main environment does not need; the venv is a cache outside the repository (about 3-4 GB).
+# main environment does not need; the venv is a cache outside the repository (3.6 GB, about 6 min to
+# build on a CPU machine). tools/monailabel/README.md says what differs from `pip install monailabel`.
 #
 #   bash tools/monailabel/setup_venv.sh            # prints the venv's path on its last line
 #   TPP_CACHE_DIR=/somewhere bash tools/monailabel/setup_venv.sh
@@ -37,8 +38,9 @@ else
     # monailabel without its declared dependencies, then those dependencies less two:
     # - sam2 (an sdist whose build pulls an unpinned torch, a multi-GB CUDA build; the app runs with
     #   --conf sam2 false, and monailabel only imports sam2 where it is installed),
-    # - monai's optional extras that no path of the server we use imports (mlflow, gdown, lmdb, openslide,
-    #   torchvision: the last would bring its own torch).
+    # - monai's optional extras that no path of the server we use imports (mlflow, gdown, lmdb, openslide) and
+    #   torchvision (PyPI's wheel is built against CUDA torch and fails to import beside the CPU torch; the app
+    #   imports MONAI Label without it, see app/lib/compat.py).
     # monai is pinned to the main environment's 1.6.1, jsonschema is left to pydicom-seg's pin (<4), and pydicom
     # stays below 3 (pydicom-seg 0.4.1 imports pydicom._storage_sopclass_uids, which pydicom 3 removed), so do
     # dicomweb-client and pynetdicom (their releases of November 2024, when monailabel 0.8.5 came out).
