@@ -107,8 +107,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, fixed)
 
     def state_dict(self) -> dict:
-        """The key-metric tracking list (empty when the saver does not save on the key metric)."""
-        return dict(self._key_metric_checkpoint.state_dict()) if self._key_metric_checkpoint is not None else {"saved": []}
+        """The key-metric tracking list (empty when the saver does not save on the key metric); scores as
+        Python floats (metrics may be numpy scalars, which ``torch.load(weights_only=True)`` refuses)."""
+        saved = self._key_metric_checkpoint._saved if self._key_metric_checkpoint is not None else []
+        return {"_saved": [(float(item.priority), str(item.filename)) for item in saved]}
 
 
 def _checkpoints(directory: Path, prefix: str) -> list[tuple[int, Path]]:
