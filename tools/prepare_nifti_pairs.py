@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpp_components.data import SPLITS, DatalistError, split_fractions, write_datalist  # noqa: E402
+from tpp_components.data.checks import check_datalist  # noqa: E402
 from tpp_components.data.nifti_pairs import check_volume_pair, read_msd_dataset, scan_nifti_folders  # noqa: E402
 
 
@@ -59,6 +60,7 @@ def main(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     check_foreground: bool = True,
+    check_voxels: bool = True,
     name: str | None = None,
 ) -> str:
     """Pair, check, split and write ``{"image": ..., "label": ...}`` entries to ``output``.
@@ -73,6 +75,8 @@ def main(
         seed: seed of the split (by volume).
         val_fraction / test_fraction: shares of volumes in validation / test.
         check_foreground: read every label volume and report those without any foreground voxel.
+        check_voxels: decode every volume (a truncated ``.nii.gz`` has a good header) and refuse NaN/inf
+            intensities and label values that are not non-negative integers.
         name: the datalist's ``name``.
 
     Returns:
@@ -97,6 +101,8 @@ def main(
     if problems:
         raise DatalistError(f"{len(problems)} image/label pair(s) are unusable (nothing was written):\n"
                             + "\n".join(f"  - {p}" for p in problems))
+    if check_voxels:  # names the first broken file; nothing is written
+        check_datalist(pairs, spatial_dims=3)
     empty = []
     if check_foreground:
         import nibabel
