@@ -14,6 +14,7 @@ synthetic images and labels uploaded to the datastore.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from bundle_utils import run
-from conftest import DATA_DIR, HAVE_LITEMEDSAM, ROOT, require_data
+from conftest import HAVE_LITEMEDSAM, ROOT, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tools.prepare_image_mask_pairs import main as prepare_pairs
@@ -50,6 +51,7 @@ SEGMENTERS = ("breast_us_segmentation", "spleen_ct_segmentation")
 START_TIMEOUT, REQUEST_TIMEOUT = 180, 300
 
 
+@functools.cache  # the set-up script runs once per session
 def _venv() -> Path:
     if os.environ.get("TPP_MONAILABEL") == "1":
         subprocess.run(["bash", str(SETUP)], check=True, env={**os.environ, "TPP_MONAILABEL_VENV": str(VENV)})

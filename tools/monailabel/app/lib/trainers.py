@@ -101,6 +101,8 @@ class TPPBundleTrainTask(BundleTrainTask):
         datalist = Path(self.bundle_path) / DATALIST_NAME
         datalist.parent.mkdir(parents=True, exist_ok=True)
         training = overrides[self.const.key_train_dataset_data()]
+        # val_split < 0 means "the bundle's own validation set", which a MONAI Label bundle copy does not have:
+        # validate on the training records then, rather than fail on a missing datalist
         validation = overrides.get(self.const.key_validate_dataset_data(), training)
         datalist.write_text(json.dumps({"training": training, "validation": validation}, indent=4))
         overrides["datalist"] = str(datalist)
