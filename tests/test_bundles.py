@@ -54,6 +54,8 @@ SHARED_STAGES = {
     "pretrain.json": {"num_epochs", "warmup_epochs", "base_learning_rate", "train#dataloader#batch_size"},
     "unetr.json": {"learning_rate", "backbone#feature_size", "backbone#hidden_size", "backbone#mlp_dim", "backbone#num_heads"},
     "litemedsam.json": {"learning_rate", "num_epochs", "tpp_epochs", "image_size"},
+    "multi_gpu_tpp.json": set(),
+    "multi_gpu_train.json": set(),
 }
 
 
