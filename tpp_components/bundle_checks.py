@@ -11,8 +11,8 @@ message that names the bad file ends up in the middle of a long traceback. The b
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
-import logging
 import os
 import sys
 import tempfile
@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["ConfigOverrideError", "OutputFolderError", "check_cli_overrides", "check_writable", "first_line_excepthook"]
-
-logger = logging.getLogger(__name__)
 
 
 class ConfigOverrideError(ValueError):
@@ -33,25 +31,32 @@ class OutputFolderError(OSError):
     """An output folder cannot be created or written to."""
 
 
-def _run_arguments() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _run_arguments() -> frozenset[str]:
     """The keyword arguments ``monai.bundle run`` consumes itself (not config overrides)."""
     from monai.bundle import ConfigWorkflow, scripts
 
     names: set[str] = set()
     for function in (scripts.run, scripts.create_workflow, ConfigWorkflow.__init__):
         names |= {n for n, p in inspect.signature(function).parameters.items() if p.kind is not p.VAR_KEYWORD}
-    return names - {"self"}
+    return frozenset(names - {"self"})
 
 
 def _cli_overrides(argv: Sequence[str]) -> dict[str, str]:
-    """``--key value`` / ``--key=value`` / ``--flag`` pairs after the command, as python-fire reads them."""
+    """``--key value`` / ``--key=value`` / ``--flag`` pairs after the command, as python-fire reads them.
+
+    Hand-written because fire offers no public call that only parses a command line into keyword
+    arguments (``fire.Fire`` parses and calls in one step); values stay strings.
+    """
     out: dict[str, str] = {}
     index = 0
     while index < len(argv):
         arg = argv[index]
         index += 1
-        if not arg.startswith("--") or arg == "--":
-            continue  # a positional argument (run_id) or fire's separator
+        if arg == "--":
+            break  # what follows are fire's own flags (--help, --trace, ...)
+        if not arg.startswith("--"):
+            continue  # a positional argument (run_id)
         key, sep, value = arg[2:].partition("=")
         if not sep:
             if index < len(argv) and not argv[index].startswith("--"):

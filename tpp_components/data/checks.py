@@ -11,7 +11,6 @@ a list of channel files has ``in_channels`` entries; 3D images are 3D volumes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from numbers import Integral
