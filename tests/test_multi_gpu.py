@@ -70,6 +70,11 @@ def world_of_one(monkeypatch):
     yield
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    # ignite's idist switched to the (now destroyed) native group when a handler asked for the rank: back to
+    # serial, or every later test's DiskSaver / TerminateOnNan fails on idist.get_rank()
+    from ignite.distributed import utils as idist_utils
+
+    idist_utils._set_model(idist_utils._SerialModel())
 
 
 def small_network(root: Path) -> dict:
