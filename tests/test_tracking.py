@@ -9,17 +9,8 @@ import pytest
 from monai.utils import path_to_sqlite_uri
 
 from bundle_utils import EVALUATE, TPP, TRAIN, run, stage_overrides
-from tools.make_demo_data import make_demo_dataset
-from tools.prepare_busi import main as prepare_busi
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is in requirements.txt; install it to test tracking")
-
-
-@pytest.fixture(scope="module")
-def demo_datalist(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("demo")
-    data = make_demo_dataset(tmp / "data", num_per_class=6, image_size=64, seed=0)
-    return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
 
 
 def _expression(path: Path) -> str:
@@ -29,12 +20,12 @@ def _expression(path: Path) -> str:
     return f"${str(path)!r}"
 
 
-def test_mlflow_tracks_tpp_train_and_evaluate(demo_datalist, tmp_path):
+def test_mlflow_tracks_tpp_train_and_evaluate(small_demo_datalist, tmp_path):
     """The one CLI switch ``--tracking mlflow`` (ConfigWorkflow's ``tracking``) gives, in ``<bundle>/mlruns.db``,
     one experiment named after the bundle with a run per stage, its metrics, and the executed config as artifact."""
     db = tmp_path / "mlruns.db"
     common = {
-        **stage_overrides(tmp_path, demo_datalist),
+        **stage_overrides(tmp_path, small_demo_datalist),
         "backbone_weights": None,
         "allow_random_backbone": True,
         "tracking": "mlflow",

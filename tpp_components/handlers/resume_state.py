@@ -9,18 +9,18 @@ Each class is a state view for MONAI's ``CheckpointSaver`` / ``CheckpointLoader`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine
 from monai.transforms import Randomizable, Transform
+
+from tpp_components.networks.pretrained import sha256_of
 
 __all__ = ["BestMetricState", "RandomState", "RunSettings", "file_digest"]
 
@@ -132,7 +132,7 @@ class RandomState:
 
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (a datalist's identity in :class:`RunSettings`)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_of(path)
 
 
 class RunSettings:
