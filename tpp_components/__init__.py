@@ -6,4 +6,4 @@ Bundle configs reference these by their full dotted path, e.g.
 
 __version__ = "0.1.0"
 
-from tpp_components import data, engines, handlers, networks, peft, pretext  # noqa: E402,F401
+from tpp_components import data, engines, handlers, inferers, networks, peft, pretext  # noqa: E402,F401

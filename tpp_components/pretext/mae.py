@@ -82,12 +82,13 @@ class MaskedAutoencoder(nn.Module):
         mask = random_patch_mask(b, n, self.mask_ratio, images.device)
         keep = (~mask).nonzero()[:, 1].reshape(b, -1)
         latent = self.decoder_embed(vit_tokens(vit, images, keep=keep, keep_cls=True))
-        tokens = self.mask_token.expand(b, n, -1).clone()
+        # under autocast the encoder's tokens come in its compute dtype (bf16): the mask tokens follow
+        tokens = self.mask_token.to(latent.dtype).expand(b, n, -1).clone()
         tokens[~mask] = latent[:, c:].reshape(-1, tokens.shape[-1])
         tokens = torch.cat([latent[:, :c], tokens], dim=1) + self.decoder_pos
         for block in self.decoder_blocks:
             tokens = block(tokens)
-        pred = self.decoder_pred(self.decoder_norm(tokens))[:, c:]
+        pred = self.decoder_pred(self.decoder_norm(tokens))[:, c:].float()  # the loss in fp32, also under autocast
         target = patchify(images, self.patch)
         if self.norm_pix_loss:
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)

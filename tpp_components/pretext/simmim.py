@@ -137,10 +137,11 @@ class SimMIM(nn.Module):
             features = encoder_feature_map(self.network, images * (1 - mask) + self.mask_value * mask)
         if wanted is not None:
             cell_mask = upsample_patch_mask(patch_mask, grid, self.mask_patch // self.stride)
-            error = (_channel_layer_norm(features) - _channel_layer_norm(wanted)).pow(2).mean(dim=1, keepdim=True)
+            # the loss in fp32, also under autocast
+            error = (_channel_layer_norm(features.float()) - _channel_layer_norm(wanted.float())).pow(2).mean(dim=1, keepdim=True)
             loss = (error * cell_mask).sum() / cell_mask.sum()
             return {"loss": loss, "mask": mask}
-        pred = pixelshuffle(self.decoder(features), self.spatial_dims, self.stride)
+        pred = pixelshuffle(self.decoder(features), self.spatial_dims, self.stride).float()  # the loss in fp32
         per_pixel = (pred - images).abs() * mask
         loss = per_pixel.sum() / (mask.sum() * images.shape[1])
         return {"loss": loss, "pred": pred, "mask": mask}
