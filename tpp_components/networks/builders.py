@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from tpp_components.networks.weights import load_backbone_weights
+from tpp_components.networks.window_attention import fuse_window_attention
 from tpp_components.peft import (
     freeze_running_stats,
     get_method_class,
@@ -78,6 +79,8 @@ def build_network(
             f"{backbone_weights!r}). Give the stage-0 or pretrained checkpoint as backbone_weights, or set "
             "allow_random_backbone=True to do this knowingly."
         )
+    # a SwinUNETR built with MONAI's use_flash_attention=True gets SDPA in training too (same keys)
+    fuse_window_attention(backbone)
     if backbone_weights:
         load_backbone_weights(backbone, backbone_weights, key_map=key_map, prefix=weights_prefix, allow_missing=heads)
     if peft is None and merged:
