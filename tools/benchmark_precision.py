@@ -22,14 +22,20 @@ from pathlib import Path
 
 import fire
 
+from tpp_components.runtime import cpu_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 
-#: network -> (bundle, switch files after train.json, input shape without batch, batch size, what it is)
+#: network -> (bundle, switch files after train.json, input shape without batch, extra overrides, what it is); the
+#: batch is the stage's own (``train#dataloader#batch_size`` times ``train#num_samples`` crops per volume)
 NETWORKS = {
-    "tinyvit": ("breast_us_classification", ["litemedsam.json"], (3, 64, 64), 16, "LiteMedSAM TinyViT, 64 px, 2D"),
-    "vit": ("breast_us_classification", [], (1, 64, 64), 32, "own ViT 192 x 6, patch 8, 64 px, 2D"),
-    "swinunetr": ("spleen_ct_segmentation", [], (1, 64, 64, 64), 2, "SwinUNETR feature 12, 64^3 voxels, 3D"),
+    "tinyvit": ("breast_us_classification", ["litemedsam.json"], (3, 64, 64), {}, "LiteMedSAM TinyViT, 64 px, 2D"),
+    "vit": ("breast_us_classification", [], (1, 64, 64), {}, "own ViT 192 x 6, patch 8, 64 px, 2D"),
+    "swinunetr": ("spleen_ct_segmentation", [], (1, 64, 64, 64), {}, "SwinUNETR feature 12, 64^3 voxels, 3D"),
+    # the attention of 8db4b03 (MONAI's, unfused in training), for the ratio against it
+    "swinunetr_unfused": ("spleen_ct_segmentation", [], (1, 64, 64, 64), {"backbone#use_flash_attention": False},
+                          "as swinunetr, MONAI's unfused window attention"),
 }
 
 #: mode -> (stage override file or None, config overrides, what it times)
@@ -49,12 +55,12 @@ def _applies(network: str, mode: str) -> bool:
     return not (network == "tinyvit" and mode == "stage0_step")
 
 
-def _one(network: str, mode: str, precision: str, steps: int, warmup: int) -> dict:
+def _one(network: str, mode: str, precision: str, steps: int, warmup: int, batch: int | None = None) -> dict:
     """Build one stage from its bundle's configs and time ``steps`` steps after ``warmup``."""
     import torch
     from monai.bundle import ConfigParser
 
-    bundle, switches, shape, batch, _ = NETWORKS[network]
+    bundle, switches, shape, extra, _ = NETWORKS[network]
     stage_file, overrides, _ = MODES[mode]
     configs = BUNDLES / bundle / "configs"
     files = [configs / "train.json"] + [configs / s for s in switches] + ([configs / stage_file] if stage_file else [])
@@ -64,7 +70,7 @@ def _one(network: str, mode: str, precision: str, steps: int, warmup: int) -> di
         "bundle_root": str(BUNDLES / bundle), "device": torch.device("cpu"), "precision": precision,
         "backbone_weights": parser["backbone_weights"] if network == "tinyvit" else None,
         "allow_random_backbone": True, "loss#weight": None, "pretext#model#decoder_weights": None,
-        **overrides,
+        **overrides, **extra,
     }
     for key, value in settings.items():
         if key in parser or "#" in key:
@@ -73,6 +79,8 @@ def _one(network: str, mode: str, precision: str, steps: int, warmup: int) -> di
     net = parser.get_parsed_content("network")
     inferer = parser.get_parsed_content("train#inferer")
     pretext = stage_file is not None
+    if batch is None:
+        batch = parser["train#dataloader#batch_size"] * (parser["train#num_samples"] if "train#num_samples" in parser else 1)
     x = torch.rand(batch, *shape)
     num_classes = parser["num_classes"]
     y = torch.randint(0, num_classes, (batch,) if len(shape) == 3 and "segmentation" not in bundle else (batch, 1, *shape[1:]))
@@ -128,10 +136,12 @@ def table(rows: list[dict]) -> str:
 
 
 def run(networks=tuple(NETWORKS), modes=tuple(MODES), precisions=PRECISIONS, steps: int = 5, warmup: int = 2,
-        threads: int = 2, out: str | None = None) -> list[dict]:
-    """Benchmark every (network, mode, precision) in its own subprocess; print a Markdown table."""
+        threads: int = 2, batch: int | None = None, tuned_allocator: bool = True, out: str | None = None) -> list[dict]:
+    """Benchmark every (network, mode, precision) in its own subprocess (at the stage's own batch size unless
+    ``batch`` is given); print a Markdown table. ``tuned_allocator``: run with
+    :data:`tpp_components.runtime.GLIBC_TUNABLES` (False: glibc's defaults, as at 8db4b03)."""
     rows = []
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = cpu_environment(threads) if tuned_allocator else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     for network in networks:
         for mode in modes:
@@ -139,7 +149,7 @@ def run(networks=tuple(NETWORKS), modes=tuple(MODES), precisions=PRECISIONS, ste
                 continue
             for precision in precisions:
                 code = (f"import json, torch; torch.set_num_threads({threads}); import tools.benchmark_precision as b; "
-                        f"print(json.dumps(b._one({network!r}, {mode!r}, {precision!r}, {steps}, {warmup})))")
+                        f"print(json.dumps(b._one({network!r}, {mode!r}, {precision!r}, {steps}, {warmup}, {batch!r})))")
                 result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
                 if result.returncode:
                     raise RuntimeError(f"{network} {mode} {precision} failed:\n{result.stderr[-3000:]}")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import fire
 
+from tpp_components.runtime import cpu_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "bundles" / "breast_us_classification"
 METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
@@ -105,7 +107,7 @@ def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, thr
     cmd += ["--bundle_root", str(bundle), "--logging_file", str(bundle / "configs" / "logging.conf")]
     for key, value in overrides.items():
         cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    env = cpu_environment(threads, dict(os.environ, PYTHONWARNINGS="ignore"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
