@@ -22,8 +22,6 @@ from pathlib import Path
 
 import fire
 
-from tpp_components.runtime import cpu_environment
-
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 
@@ -55,19 +53,20 @@ def _applies(network: str, mode: str) -> bool:
     return not (network == "tinyvit" and mode == "stage0_step")
 
 
-def _one(network: str, mode: str, precision: str, steps: int, warmup: int, batch: int | None = None) -> dict:
-    """Build one stage from its bundle's configs and time ``steps`` steps after ``warmup``."""
+def _one(network: str, mode: str, precision: str, steps: int, warmup: int, batch: int | None = None,
+         bundles: str = str(BUNDLES)) -> dict:
+    """Build one stage from its bundle's configs (under ``bundles``) and time ``steps`` steps after ``warmup``."""
     import torch
     from monai.bundle import ConfigParser
 
     bundle, switches, shape, extra, _ = NETWORKS[network]
     stage_file, overrides, _ = MODES[mode]
-    configs = BUNDLES / bundle / "configs"
+    configs = Path(bundles) / bundle / "configs"
     files = [configs / "train.json"] + [configs / s for s in switches] + ([configs / stage_file] if stage_file else [])
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     settings = {
-        "bundle_root": str(BUNDLES / bundle), "device": torch.device("cpu"), "precision": precision,
+        "bundle_root": str(Path(bundles) / bundle), "device": torch.device("cpu"), "precision": precision,
         "backbone_weights": parser["backbone_weights"] if network == "tinyvit" else None,
         "allow_random_backbone": True, "loss#weight": None, "pretext#model#decoder_weights": None,
         **overrides, **extra,
@@ -135,22 +134,51 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare_table(baseline: list[dict], rows: list[dict]) -> str:
+    """Markdown: a reference run's fp32 (e.g. an older commit's) beside this run's fp32 and bf16, as ratios."""
+    ref = {(r["network"], r["mode"]): r for r in baseline if r["precision"] == "fp32"}
+    by = {(r["network"], r["mode"], r["precision"]): r for r in rows}
+    lines = [
+        "| network | step | batch | reference fp32 img/s | fp32 img/s | bf16 img/s | bf16 / reference | peak MiB reference -> bf16 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (network, mode), r in ref.items():
+        f, b = by.get((network, mode, "fp32")), by.get((network, mode, "bf16"))
+        if f is None or b is None:
+            continue
+        lines.append(
+            f"| {network} | {mode} | {r['batch']} | {r['images_per_s']:.1f} | {f['images_per_s']:.1f} | {b['images_per_s']:.1f} | "
+            f"{b['images_per_s'] / r['images_per_s']:.2f}x | {r['peak_rss_mib']:.0f} -> {b['peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def run(networks=tuple(NETWORKS), modes=tuple(MODES), precisions=PRECISIONS, steps: int = 5, warmup: int = 2,
-        threads: int = 2, batch: int | None = None, tuned_allocator: bool = True, out: str | None = None) -> list[dict]:
+        threads: int = 2, batch: int | None = None, tuned_allocator: bool = True, code_root: str | None = None,
+        baseline: str | None = None, out: str | None = None) -> list[dict]:
     """Benchmark every (network, mode, precision) in its own subprocess (at the stage's own batch size unless
     ``batch`` is given); print a Markdown table. ``tuned_allocator``: run with
-    :data:`tpp_components.runtime.GLIBC_TUNABLES` (False: glibc's defaults, as at 8db4b03)."""
+    :data:`tpp_components.runtime.GLIBC_TUNABLES` (False: glibc's defaults, as at 8db4b03). ``code_root``: the
+    checkout whose ``tpp_components`` and ``bundles/`` are timed (default this one), e.g. a worktree of an older
+    commit for ratios against it (its configs without a ``precision`` run in fp32). ``baseline``: the ``--out``
+    file of such a reference run, printed beside this one (:func:`compare_table`)."""
+    from tpp_components.runtime import cpu_environment
+
+    code = Path(code_root).resolve() if code_root else ROOT
     rows = []
     env = cpu_environment(threads) if tuned_allocator else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     for network in networks:
         for mode in modes:
             if not _applies(network, mode):
                 continue
             for precision in precisions:
-                code = (f"import json, torch; torch.set_num_threads({threads}); import tools.benchmark_precision as b; "
-                        f"print(json.dumps(b._one({network!r}, {mode!r}, {precision!r}, {steps}, {warmup}, {batch!r})))")
-                result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+                # this file loaded by path: the timed checkout's own ``tools`` package may not have it
+                child = (f"import json, torch, importlib.util as u; torch.set_num_threads({threads}); "
+                         f"s = u.spec_from_file_location('benchmark_precision', {str(Path(__file__).resolve())!r}); b = u.module_from_spec(s); "
+                         f"s.loader.exec_module(b); print(json.dumps(b._one({network!r}, {mode!r}, {precision!r}, {steps}, "
+                         f"{warmup}, {batch!r}, {str(code / 'bundles')!r})))")
+                result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, cwd=code)
                 if result.returncode:
                     raise RuntimeError(f"{network} {mode} {precision} failed:\n{result.stderr[-3000:]}")
                 rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -158,6 +186,8 @@ def run(networks=tuple(NETWORKS), modes=tuple(MODES), precisions=PRECISIONS, ste
                 print(f"{network:10s} {mode:12s} {precision}: {r['images_per_s']:7.1f} img/s, peak {r['peak_rss_mib']:.0f} MiB",
                       flush=True)
     print(table(rows))
+    if baseline:
+        print(compare_table(json.loads(Path(baseline).read_text())["rows"], rows))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"threads": threads, "steps": steps, "warmup": warmup, "rows": rows}, indent=4))
