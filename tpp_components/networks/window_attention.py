@@ -26,9 +26,9 @@ class FusedWindowAttention(WindowAttention):
     ``attn_drop`` to the attention weights.
     """
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, mask):  # unannotated, as MONAI's: TorchScript reads this signature
         if torch.jit.is_scripting() or not self.use_flash_attention:
-            return super().forward(x, mask)
+            return self._unfused(x, mask)
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -43,6 +43,12 @@ class FusedWindowAttention(WindowAttention):
         dropout = self.attn_drop.p if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=self.scale)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
+
+    @torch.jit.ignore
+    def _unfused(self, x, mask):
+        """MONAI's own forward (TorchScript cannot compile a ``super()`` call; SwinUNETR is exported by tracing)."""
+        return super().forward(x, mask)
 
 
 def fuse_window_attention(network: nn.Module) -> nn.Module:
