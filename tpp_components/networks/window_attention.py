@@ -44,7 +44,6 @@ class FusedWindowAttention(WindowAttention):
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=self.scale)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
-
     @torch.jit.ignore
     def _unfused(self, x, mask):
         """MONAI's own forward (TorchScript cannot compile a ``super()`` call; SwinUNETR is exported by tracing)."""
