@@ -34,7 +34,7 @@ def read_test_metrics(eval_dir: Path) -> dict[str, float]:
         data = json.loads(report.read_text())
         return {"macro_auc": data["macro_auc"], "balanced_accuracy": data["balanced_accuracy"]}
     with open(eval_dir / "metrics.csv") as f:
-        rows = dict(csv.reader(f, delimiter="\t"))
+        rows = dict(csv.reader(f))  # MONAI's MetricsSaver: "name,value" lines
     return {"mean_dice": float(rows["val_mean_dice"])}
 
 
