@@ -20,6 +20,7 @@ bundles also set the trainer's ``amp`` (MONAI's ``GradScaler``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@lru_cache(maxsize=1)  # asked on every forward pass under "auto"; the CPU does not change
 def cpu_supports_bf16() -> bool:
     """Whether this CPU runs bf16 matrix products natively (AVX-512 BF16 or AMX).
 
@@ -42,6 +44,11 @@ def cpu_supports_bf16() -> bool:
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
 
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
@@ -62,8 +69,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         >>> autocast_dtype("fp32", "cpu") is None
         True
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    _check_precision(precision)
     device = torch.device(device)
     if precision == "fp32":
         return None
@@ -76,10 +82,10 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
 
 
 def _to_float32(output: Any) -> Any:
-    """``output`` with every floating-point tensor of lower precision cast to fp32 (dicts, lists,
-    tuples followed; the type of a ``MetaTensor`` is kept)."""
+    """``output`` with every fp16 / bf16 tensor cast to fp32 (dicts, lists, tuples followed; the type of a
+    ``MetaTensor`` is kept; fp64 stays fp64)."""
     if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() and output.dtype != torch.float32 else output
+        return output.float() if output.dtype in (torch.float16, torch.bfloat16) else output
     if isinstance(output, dict):
         return {k: _to_float32(v) for k, v in output.items()}
     if isinstance(output, (list, tuple)):
@@ -126,8 +132,7 @@ class MixedPrecisionInferer(Inferer):
     """
 
     def __init__(self, inferer: Inferer | None = None, precision: str = "auto") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+        _check_precision(precision)
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.precision = precision
 
