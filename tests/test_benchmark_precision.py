@@ -17,7 +17,7 @@ def test_tables_pair_precisions_and_reference():
     assert "| vit | lora_step | 32 | 100.0 | 180.0 | 1.80x | 800 | 700 | 0.88 |" in text
     assert "forward" not in text  # no bf16 row to pair with
     reference = [_row("vit", "lora_step", "fp32", 60.0, 900.0)]
-    assert "| vit | lora_step | 32 | 60.0 | 100.0 | 180.0 | 3.00x | 900 -> 700 |" in compare_table(reference, rows)
+    assert "| vit | lora_step | 32 | 60.0 | 100.0 | 180.0 | 1.67x | 3.00x | 900 -> 800, 700 |" in compare_table(reference, rows)
 
 
 def test_every_network_and_mode_is_known():

@@ -17,8 +17,8 @@ def _run(arm: str, seed: int, auc: float, bal: float) -> dict:
 
 def test_t_interval_known_values():
     mean, lo, hi = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
-    # sd = 1.5811, t(0.975, 4) = 2.776: half-width 1.963
-    assert mean == pytest.approx(3.0) and hi - mean == pytest.approx(2.776 * 1.5811388 / math.sqrt(5), rel=1e-4)
+    # sd = 1.5811, t(0.975, 4) = 2.7764: half-width 1.963
+    assert mean == pytest.approx(3.0) and hi - mean == pytest.approx(2.7764 * 1.5811388 / math.sqrt(5), rel=1e-4)
     assert lo == pytest.approx(2 * mean - hi)
     assert math.isnan(t_interval([1.0])[1])
 

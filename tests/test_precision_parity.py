@@ -27,7 +27,7 @@ def test_report_pairs_by_seed():
 
 def test_metrics_from_classification_report_or_metrics_csv(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "classification_report.json").write_text(json.dumps({"macro_auc": 0.8, "balanced_accuracy": 0.6}))
+    (tmp_path / "a" / "classification_report.json").write_text(json.dumps({"accuracy": 0.7, "macro_auc": 0.8, "balanced_accuracy": 0.6}))
     assert read_test_metrics(tmp_path / "a") == {"macro_auc": 0.8, "balanced_accuracy": 0.6}
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "metrics.csv").write_text("val_mean_dice,0.4321\n")

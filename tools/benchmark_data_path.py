@@ -15,6 +15,7 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def profile(bundle_root: str, configs=("train.json",), datalist: str = "", epoch
         out: optional JSON file for the result.
 
     Returns:
-        ``{"images_per_s", "dataflow_share", "seconds_per_epoch", ...}``, steady-state epochs only.
+        ``{"train_images_per_s", "dataflow_share", "seconds_per_epoch", "peak_rss_mib", ...}``, steady-state
+        epochs only (the peak resident memory is the whole run's).
     """
     from ignite.engine import Events
     from ignite.handlers import BasicTimeProfiler
@@ -79,6 +81,8 @@ def profile(bundle_root: str, configs=("train.json",), datalist: str = "", epoch
         "epochs_measured": len(steady), "setup_s": setup_s, "seconds_per_epoch": wall / len(steady),
         "train_images_per_s": images / (data + proc), "dataflow_share": data / (data + proc),
         "other_share_of_epoch": 1 - (data + proc) / wall,
+        # the process's peak resident set: the stage's memory as a user's `ps` or `/usr/bin/time -v` sees it
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(result, indent=2))
     if out:

@@ -139,8 +139,9 @@ def compare_table(baseline: list[dict], rows: list[dict]) -> str:
     ref = {(r["network"], r["mode"]): r for r in baseline if r["precision"] == "fp32"}
     by = {(r["network"], r["mode"], r["precision"]): r for r in rows}
     lines = [
-        "| network | step | batch | reference fp32 img/s | fp32 img/s | bf16 img/s | bf16 / reference | peak MiB reference -> bf16 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| network | step | batch | reference fp32 img/s | fp32 img/s | bf16 img/s | fp32 / reference | bf16 / reference "
+        "| peak MiB reference -> fp32, bf16 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (network, mode), r in ref.items():
         f, b = by.get((network, mode, "fp32")), by.get((network, mode, "bf16"))
@@ -148,7 +149,8 @@ def compare_table(baseline: list[dict], rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {network} | {mode} | {r['batch']} | {r['images_per_s']:.1f} | {f['images_per_s']:.1f} | {b['images_per_s']:.1f} | "
-            f"{b['images_per_s'] / r['images_per_s']:.2f}x | {r['peak_rss_mib']:.0f} -> {b['peak_rss_mib']:.0f} |"
+            f"{f['images_per_s'] / r['images_per_s']:.2f}x | {b['images_per_s'] / r['images_per_s']:.2f}x | "
+            f"{r['peak_rss_mib']:.0f} -> {f['peak_rss_mib']:.0f}, {b['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines)
 

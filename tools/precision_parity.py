@@ -14,7 +14,6 @@ finished run is not run again, so an interrupted study resumes. Usage, from the 
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -22,20 +21,18 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
-from tools.tpp_experiment import bundle_run, t_interval  # noqa: E402
+from tools.study.metrics import read_test_metrics as _read  # noqa: E402
+from tools.study.runner import bundle_run  # noqa: E402
+from tools.study.stats import t_interval  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def read_test_metrics(eval_dir: Path) -> dict[str, float]:
-    """The test metrics an evaluation wrote: classification report, or the MetricsSaver summary."""
-    report = eval_dir / "classification_report.json"
-    if report.is_file():
-        data = json.loads(report.read_text())
-        return {"macro_auc": data["macro_auc"], "balanced_accuracy": data["balanced_accuracy"]}
-    with open(eval_dir / "metrics.csv") as f:
-        rows = dict(csv.reader(f))  # MONAI's MetricsSaver: "name,value" lines
-    return {"mean_dice": float(rows["val_mean_dice"])}
+    """The parity metrics of an evaluation: macro AUC and balanced accuracy, or mean Dice."""
+    task, metrics = _read(eval_dir)
+    keep = ("macro_auc", "balanced_accuracy") if task == "classification" else ("mean_dice",)
+    return {k: metrics[k] for k in keep}
 
 
 def one_run(bundle: Path, switches: list[str], datalist: str, seed: int, precision: str, work: Path, overrides: dict,

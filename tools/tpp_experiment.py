@@ -20,19 +20,19 @@ Example::
 from __future__ import annotations
 
 import json
-import math
-import os
 import resource
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fire
 
-from tpp_components.runtime import cpu_environment
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
+
+from tools.study.curves import scalar_curve  # noqa: E402
+from tools.study.runner import bundle_run  # noqa: E402
+from tools.study.stats import epochs_to_reach, t_interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "bundles" / "breast_us_classification"
@@ -61,11 +61,6 @@ REFERENCE_ARMS = {
 GATE_MIN_AUC = 0.65
 GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE = 0.05
 
-# two-sided 95 % Student t quantiles by degrees of freedom (n - 1); larger n uses the normal value
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
-
-
 def backbone_gate(macro_auc: float, balanced_accuracy: float, num_classes: int) -> list[str]:
     """Reasons a linear probe's test metrics fail the backbone gate (empty when it passes)."""
     reasons = []
@@ -78,18 +73,6 @@ def backbone_gate(macro_auc: float, balanced_accuracy: float, num_classes: int) 
     return reasons
 
 
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95 % Student-t interval of ``values`` (paired differences)."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, float("nan"), float("nan")
-    df = n - 1
-    t = _T975.get(df) or next((v for k, v in sorted(_T975.items()) if k >= df), 1.96)
-    half = t * statistics.stdev(values) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def run_dir_of(work: Path, method: str, seed: int, init: str) -> Path:
     """Folder of one run: ``<work>/<method>_seed<seed>/<init>`` (a TPP run's ``init`` is ``stage1_<init>``)."""
     return work / f"{method}_seed{seed}" / init
@@ -100,42 +83,9 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     return pretext_curve(run_dir / "logs", tag="val_auc")
 
 
-def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int) -> float:
-    """Run one ``monai.bundle run`` and return its wall time in seconds; raise with the log's tail on failure."""
-    files = [str(bundle / "configs" / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files) if len(files) > 1 else files[0]]
-    cmd += ["--bundle_root", str(bundle), "--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    env = cpu_environment(threads, dict(os.environ, PYTHONWARNINGS="ignore"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    elapsed = time.perf_counter() - start
-    if code:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"stage failed ({' '.join(configs)}), see {log}:\n{tail}")
-    return elapsed
-
-
 def pretext_curve(log_dir: Path, tag: str = "val_pretext_loss") -> list[tuple[int, float]]:
-    """``(epoch, held-out pretext loss)`` read back from the TensorBoard events of a pretext stage.
-
-    A folder that a rerun wrote into holds several event files: the newest value of each epoch
-    wins (files are read oldest first). A missing folder gives an empty curve.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not Path(log_dir).is_dir():
-        return []
-    events = EventAccumulator(str(log_dir))
-    events.Reload()
-    if tag not in events.Tags().get("scalars", []):
-        return []
-    latest = {int(e.step): float(e.value) for e in events.Scalars(tag)}
-    return sorted(latest.items())
+    """``(epoch, held-out pretext loss)`` of a pretext stage's TensorBoard events (:func:`tools.study.curves.scalar_curve`)."""
+    return scalar_curve(log_dir, tag)
 
 
 def _stats(values: list[float]) -> str:
@@ -150,11 +100,6 @@ def _curve_text(curve: list[tuple[int, float]], points: int = 8) -> str:
     step = max(1, len(curve) // points)
     picked = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
     return ", ".join(f"{e}: {v:.4f}" for e, v in picked)
-
-
-def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
-    """First epoch whose value reaches ``level`` (None if none does)."""
-    return next((e for e, v in curve if v >= level), None)
 
 
 def _validation_text(arms: dict[str, list[dict]], summary: dict) -> list[str]:

@@ -14,8 +14,8 @@ from tpp_components.peft import (
     get_method_class,
     inject,
     is_under,
-    load_target_parameters,
     set_trainable,
+    start_from_tpp,
 )
 # module import (not the name): pretext.encoders imports the networks package, whose TinyViT it dispatches on
 from tpp_components.pretext import encoders as _encoders
@@ -37,6 +37,7 @@ def build_network(
     weights_prefix: str = "",
     init: str = "standard",
     target_parameters: str | None = None,
+    tpp_update_scale: float = 1.0,
     freeze_backbone: bool = True,
     train_head: bool = True,
     allow_random_backbone: bool = False,
@@ -53,6 +54,9 @@ def build_network(
         weights_prefix: prefix for the mapped keys (``"vit."`` for a ViT checkpoint into UNETR).
         init: ``"tpp"`` loads ``target_parameters``; ``"standard"`` keeps the method's own initialisation.
         target_parameters: TPP output (``.safetensors`` with its manifest), used when ``init="tpp"``.
+        tpp_update_scale: how much of TPP's update fine-tuning starts with, in ``[0, 1]``: 1 as TPP left it, 0
+            the backbone's own function with TPP's randomly initialised parameters (LoRA's A only); see
+            :func:`tpp_components.peft.tpp_start.start_from_tpp`.
         freeze_backbone: without PEFT, train only the head (linear probe) instead of everything
             (stage 0, full fine-tuning).
         train_head: train the task head (False in pretext stages, where it is unused).
@@ -104,8 +108,9 @@ def build_network(
     if init == "tpp":
         if not target_parameters:
             raise ValueError("init='tpp' needs the path of the TPP target parameters (target_parameters).")
-        load_target_parameters(network, target_parameters, head_modules=heads)
-        logger.info("initialised %s target parameters from %s", method, target_parameters)
+        scaled = start_from_tpp(network, target_parameters, head_modules=heads, update_scale=tpp_update_scale)
+        logger.info("initialised %s target parameters from %s%s", method, target_parameters,
+                    f" (update scaled by {tpp_update_scale} in {len(scaled)} tensors)" if scaled else "")
     set_trainable(network, heads if train_head else ())
     return network
 

@@ -18,3 +18,4 @@ from tpp_components.peft.target_parameters import (
     set_trainable,
     target_parameters,
 )
+from tpp_components.peft.tpp_start import start_from_tpp

@@ -1,0 +1,245 @@
+"""The study tool (``tools/run_study.py``): plans, paired statistics, resuming, the report, and how fine-tuning
+starts from TPP; one real study on a segmentation bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cases import make_backbone
+from conftest import needs_weights
+from tools.study import runner
+from tools.study.plan import PlanError, label_subset, load_plan
+from tools.study.report import summarise
+from tools.study.stats import epochs_to_reach, paired_difference, t_interval
+from tpp_components.networks import build_network
+from tpp_components.peft import save_target_parameters, start_from_tpp, target_parameters
+from tpp_components.pretext import head_modules
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("n,quantile", [(5, 2.7764), (17, 2.1199), (18, 2.1098), (40, 2.0227)])
+def test_t_interval_uses_the_exact_quantile(n, quantile):
+    """Exact Student-t quantiles at any n (the old table had none for 16-18 or beyond 29 degrees of freedom)."""
+    values = [float(i % 3) for i in range(n)]
+    mean, low, high = t_interval(values)
+    sd = torch.tensor(values, dtype=torch.float64).std().item()
+    assert high - mean == pytest.approx(quantile * sd / math.sqrt(n), rel=1e-4) and low == pytest.approx(2 * mean - high)
+    assert math.isnan(t_interval([1.0])[1])
+
+
+def test_paired_difference_counts_wins_over_shared_seeds():
+    d = paired_difference({0: 0.80, 1: 0.70, 2: 0.75, 3: 0.9}, {0: 0.78, 1: 0.72, 2: 0.70}, scale=100)
+    assert d["n"] == 3 and d["wins"] == 2 and d["per_seed"] == pytest.approx({0: 2.0, 1: -2.0, 2: 5.0})
+    assert d["ci95"][0] < d["mean"] < d["ci95"][1]
+    assert epochs_to_reach([(1, 0.5), (2, 0.8), (3, 0.7)], 0.75) == 2 and epochs_to_reach([(1, 0.5)], 0.9) is None
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+def _write_plan(tmp: Path, labels: Path, **changes) -> Path:
+    plan = {
+        "study": "t", "bundle": "bundles/breast_us_classification", "switches": ["litemedsam.json"],
+        "datalist": str(labels), "seeds": [0, 1], "overrides": {"image_size": 32},
+        "methods": {"lora": {"method": "lora", "r": 4, "alpha": 8, "target_modules": "attention_mlp"}},
+        "pretexts": {"pixels": {"tpp_epochs": 1}, "features": {"tpp_epochs": 1, "pretext#target": "features"}},
+        "arms": {"standard": {}, "tpp": {"pretext": "pixels"}, "tpp_a_only": {"pretext": "pixels", "overrides": {"tpp_update_scale": 0.0}},
+                 "tpp_features": {"pretext": "features"}},
+        "reference_arms": {"linear_probe": {"peft": None, "freeze_backbone": True}},
+        "regimes": [{"name": "all", "label_fraction": 1.0, "overrides": {"num_epochs": 1}},
+                    {"name": "tenth", "label_fraction": 0.1, "overrides": {"num_epochs": 2}}],
+    }
+    plan.update(changes)
+    path = tmp / "plan.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    items = [{"image": f"/x/{i}.png", "label": i % 3} for i in range(60)]
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": items, "validation": items[:6], "test": items[:6]}))
+    return path
+
+
+def test_plan_runs_share_tpp_pair_arms_and_subset_labels(tmp_path, labelled):
+    plan = load_plan(_write_plan(tmp_path, labelled))
+    runs = plan.runs(tmp_path / "work")
+    tpp = [r for r in runs if r.kind == "tpp"]
+    # one TPP run per (method, pretext, seed), shared by every regime and arm that names the pretext
+    assert sorted(r.path for r in tpp) == ["tpp/lora/features/seed0", "tpp/lora/features/seed1", "tpp/lora/pixels/seed0",
+                                           "tpp/lora/pixels/seed1"]
+    assert all(r.configs == ["litemedsam.json", "tpp.json"] and r.overrides["datalist"] == str(labelled) for r in tpp)
+    tunes = [r for r in runs if r.kind == "finetune"]
+    assert len(tunes) == 2 * 2 * (1 + 4)  # seeds x regimes x (reference + arms)
+    order = [r.path for r in runs]
+    for r in tunes:  # TPP runs before the fine-tuning that starts from it
+        if r.needs:
+            assert order.index(r.needs) < order.index(r.path)
+    a_only = next(r for r in tunes if r.path == "tenth/seed1/lora/tpp_a_only")
+    assert a_only.overrides["tpp_update_scale"] == 0.0 and a_only.overrides["init"] == "tpp" and a_only.overrides["num_epochs"] == 2
+    assert next(r for r in tunes if r.path == "all/seed0/lora/standard").overrides["init"] == "standard"
+    probe = next(r for r in tunes if r.path == "all/seed0/linear_probe")
+    assert probe.overrides["peft"] is None and probe.method is None
+    # every arm of one seed and regime reads the same label subset: 2 of each class's 20 images
+    subsets = {r.overrides["datalist"] for r in tunes if r.regime == "tenth" and r.seed == 1}
+    assert len(subsets) == 1
+    training = json.loads(Path(subsets.pop()).read_text())["training"]
+    assert [sum(i["label"] == c for i in training) for c in range(3)] == [2, 2, 2]
+    assert label_subset(training, 0.5, 0) == label_subset(training, 0.5, 0) != label_subset(training, 0.5, 1)
+
+
+@pytest.mark.parametrize("changes,names", [
+    ({"epochs": 3}, ["unknown keys ['epochs']"]),
+    ({"datalist": "missing.json"}, ["missing.json", "'datalist'"]),
+    ({"arms": {"standard": {}, "tpp": {"pretext": "dino"}}}, ["arm 'tpp'", "pretext 'dino'"]),
+    ({"regimes": [{"name": "x", "label_fraction": 0}]}, ["regime 'x'", "label_fraction 0"]),
+    ({"switches": ["nope.json"]}, ["switch 'nope.json'"]),
+    ({"baseline_arm": "tpp_only"}, ["baseline_arm 'tpp_only'"]),
+])
+def test_bad_plans_name_the_file_and_the_key(tmp_path, labelled, changes, names):
+    path = _write_plan(tmp_path, labelled, **changes)
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert str(path) in str(err.value)
+    for name in names:
+        assert name in str(err.value), err.value
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+
+def _fake_bundle_run(calls: list, fail_at: int | None = None):
+    """A stand-in for ``monai.bundle run``: writes what an evaluation writes, scores by arm; can fail once."""
+
+    def fake(bundle, configs, overrides, log: Path, threads):
+        if fail_at is not None and len(calls) == fail_at:
+            raise RuntimeError("killed")
+        calls.append((" ".join(configs), overrides["output_dir"]))
+        if "evaluate.json" in configs:
+            out = Path(overrides["output_dir"])
+            out.mkdir(parents=True, exist_ok=True)
+            score = 0.7 + 0.01 * overrides["seed"] + (0.02 if overrides.get("init") == "tpp" else 0.0)
+            (out / "classification_report.json").write_text(json.dumps(
+                {"accuracy": score, "balanced_accuracy": score, "macro_auc": score}))
+        return 1.0
+
+    return fake
+
+
+def test_an_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, labelled, monkeypatch):
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0], regimes=[{"name": "all"}], reference_arms={},
+                                 arms={"standard": {}, "tpp": {"pretext": "pixels"}}))
+    calls: list = []
+    monkeypatch.setattr(runner, "bundle_run", _fake_bundle_run(calls, fail_at=3))
+    with pytest.raises(RuntimeError, match="killed"):  # killed as the TPP arm's fine-tuning starts
+        runner.run_study(plan, tmp_path / "work")
+    assert len(calls) == 3
+    done = sorted(p.parent.relative_to(tmp_path / "work").as_posix() for p in (tmp_path / "work").rglob("result.json"))
+    assert done == ["all/seed0/lora/standard", "tpp/lora/pixels/seed0"]
+    calls.clear()
+    monkeypatch.setattr(runner, "bundle_run", _fake_bundle_run(calls))
+    records, left = runner.run_study(plan, tmp_path / "work")
+    assert left == 0 and [c[0] for c in calls] == ["train.json litemedsam.json", "train.json litemedsam.json evaluate.json"]
+    assert len(records) == 3
+    calls.clear()
+    assert runner.run_study(plan, tmp_path / "work")[1] == 0 and calls == []  # nothing left to run
+    # a budget already spent starts nothing and says how many are left
+    other = load_plan(_write_plan(tmp_path, labelled, seeds=[0, 1], regimes=[{"name": "all"}], reference_arms={},
+                                  arms={"standard": {}, "tpp": {"pretext": "pixels"}}))
+    assert runner.run_study(other, tmp_path / "work", max_hours=0)[1] == 3 and calls == []
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+def _record(arm: str, seed: int, dice: float, curve: list[float], method: str | None = "lora") -> dict:
+    return {"kind": "finetune", "task": "segmentation", "arm": arm, "method": method, "seed": seed, "regime": "all",
+            "test": {"mean_dice": dice, "hd95": 10.0 - 10 * dice}, "seconds": {"train": 5.0},
+            "val_curve": list(enumerate(curve, start=1))}
+
+
+def test_report_pairs_arms_counts_wins_checks_references_and_convergence(tmp_path, labelled):
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0, 1, 2], regimes=[{"name": "all"}],
+                                 arms={"standard": {}, "tpp": {"pretext": "pixels"}},
+                                 reference_arms={"linear_probe": {}, "full_finetune": {}}))
+    records = []
+    for seed in range(3):
+        records += [_record("standard", seed, 0.70, [0.5, 0.6, 0.7]), _record("tpp", seed, 0.70 + 0.01 * (seed - 0.5), [0.6, 0.7, 0.7]),
+                    _record("linear_probe", seed, 0.80, [0.8], method=None), _record("full_finetune", seed, 0.75, [0.75], method=None)]
+    records.append({"kind": "tpp", "method": "lora", "arm": "pixels", "seed": 0, "pretext_curve": [(1, 0.9), (2, 0.8)]})
+    summary, text = summarise(plan, records)
+    paired = summary["regimes"]["all"]["paired"]["lora/tpp - lora/standard"]
+    assert paired["mean_dice"]["per_seed"] == pytest.approx({0: -0.5, 1: 0.5, 2: 1.5})
+    assert paired["mean_dice"]["wins"] == 2 and paired["hd95"]["per_seed"][2] == pytest.approx(-0.15)  # mm, not points
+    assert "| lora/tpp - lora/standard | 3 |" in text and "| 2/3 |" in text
+    assert "full fine-tuning is below the linear probe" in text  # the reference arms do not make sense here
+    assert summary["regimes"]["all"]["convergence"]["lora/tpp - lora/standard"] == [(0, 3, 2), (1, 3, 2), (2, 3, 2)]
+    assert summary["pretext"]["lora/pixels"] == {"first": 0.9, "last": 0.8, "seeds": 1}
+
+
+# ---------------------------------------------------------------------------------------------- starting from TPP
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_fine_tuning_starts_from_tpp_with_its_update_scaled(tmp_path, scale):
+    """Scale 1: TPP's parameters as saved; 0: LoRA's A from TPP, B back at zero, so the network computes the
+    backbone's function; between: B scaled."""
+    backbone = make_backbone("vit", 2)
+    peft = {"method": "lora", "r": 4, "alpha": 8}
+    tpp = build_network(backbone, peft=peft, allow_random_backbone=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in target_parameters(tpp).values():
+            p.normal_()
+    save_target_parameters(tpp, tmp_path / "tpp.safetensors", head_modules=head_modules(tpp))
+    saved = {n: p.detach().clone() for n, p in target_parameters(tpp).items()}
+
+    net = build_network(make_backbone("vit", 2), peft=peft, allow_random_backbone=True, init="tpp",
+                        target_parameters=str(tmp_path / "tpp.safetensors"), tpp_update_scale=scale)
+    for name, p in target_parameters(net).items():
+        expected = saved[name] * scale if "lora_B" in name else saved[name]
+        assert torch.allclose(p, expected), name
+    if scale == 0.0:
+        x = torch.rand(2, 1, 32, 32)
+        plain = make_backbone("vit", 2).eval()
+        assert torch.allclose(net.eval()(x), plain(x), atol=1e-6)
+    with pytest.raises(ValueError, match="update_scale"):
+        start_from_tpp(net, tmp_path / "tpp.safetensors", update_scale=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- a real study
+
+@needs_weights
+def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
+    """breast_us_segmentation on 24 generated image / mask pairs: TPP, fine-tuning from it and from the standard
+    start on half the training labels, evaluation; the report's numbers are the evaluations' own."""
+    import csv
+
+    from tools.make_demo_data import make_demo_dataset
+    from tools.prepare_image_mask_pairs import main as prepare_pairs
+    from tools.run_study import main as run_study_cli
+
+    data = make_demo_dataset(tmp_path / "data", num_per_class=8, image_size=64, seed=0, masks=True)
+    datalist = prepare_pairs(str(data), str(tmp_path / "datalist.json"), near_duplicates=False)
+    plan = _write_plan(tmp_path, Path(datalist), bundle="bundles/breast_us_segmentation", switches=[], seeds=[0],
+                       overrides={}, methods={"lora": {"method": "lora", "r": 4, "alpha": 8, "target_modules": "attention_mlp"}},
+                       pretexts={"pixels": {"tpp_epochs": 1}}, arms={"standard": {}, "tpp": {"pretext": "pixels"}},
+                       reference_arms={}, regimes=[{"name": "half", "label_fraction": 0.5, "overrides": {"num_epochs": 1}}],
+                       workdir=str(tmp_path / "study"))
+    assert run_study_cli(str(plan)) == 0
+    result = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert result["status"] == "complete" and len(result["runs"]) == 3
+    for arm in ("standard", "tpp"):
+        eval_dir = tmp_path / "study" / "half" / "seed0" / "lora" / arm / "eval"
+        dice = float(dict(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))["val_mean_dice"])
+        assert result["summary"]["regimes"]["half"]["arms"][f"lora/{arm}"]["mean_dice"] == [pytest.approx(dice)]
+    half = json.loads(Path(result["runs"][0]["overrides"]["datalist"]).read_text())  # the standard arm: first
+    assert len(half["training"]) == round(0.5 * len(json.loads(Path(datalist).read_text())["training"]))
+    assert "| lora/tpp - lora/standard | 1 |" in (tmp_path / "study" / "results.md").read_text()
+    assert run_study_cli(str(plan)) == 0  # resumed: everything finished, nothing runs again

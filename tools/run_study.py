@@ -1,0 +1,58 @@
+"""Run a TPP study from its plan file, resumably, and write its report.
+
+Every run is a real ``python -m monai.bundle run`` of the bundle's configs (``tools/study/plan.py`` documents
+the plan's keys); a finished run is never run again, so a study is run in chunks: give ``--max_hours`` and
+rerun the same command until it says the study is complete. Each chunk rewrites ``results.json`` and
+``results.md`` in the study's folder from every run finished so far. Usage, from the repository root::
+
+    python tools/run_study.py studies/busi_litemedsam.yaml --max_hours 2
+    python tools/run_study.py studies/busi_litemedsam.yaml --dry_run      # the runs, without running them
+    python tools/run_study.py studies/busi_litemedsam.yaml --report_only  # the tables from what finished
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from tools.study.plan import load_plan  # noqa: E402
+from tools.study.report import summarise  # noqa: E402
+from tools.study.runner import run_study, study_workdir  # noqa: E402
+from tpp_components.io import atomic_write_text  # noqa: E402
+
+
+def main(plan: str, workdir: str | None = None, max_hours: float | None = None, dry_run: bool = False,
+         report_only: bool = False) -> int:
+    """Run what is left of the study in ``plan`` (at most ``max_hours`` of new runs), then write its report.
+
+    Args:
+        plan: the study's YAML plan file.
+        workdir: the study's folder (default: the plan's ``workdir``, else ``runs/studies/<study>``).
+        max_hours: start no new run after this many hours; rerun to resume.
+        dry_run: list the runs left and stop.
+        report_only: write the report from the finished runs without running anything.
+
+    Returns:
+        the number of runs left (0: the study is complete).
+    """
+    study = load_plan(plan)
+    work = study_workdir(study, workdir)
+    records, left = run_study(study, work, max_hours=None if report_only else max_hours, dry_run=dry_run or report_only)
+    if dry_run and not report_only:
+        return left
+    summary, text = summarise(study, records)
+    status = "complete" if left == 0 else f"{left} runs left (rerun to resume)"
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / "results.json", json.dumps({"status": status, "summary": summary, "runs": records}, indent=4))
+    atomic_write_text(work / "results.md", text + f"\n\nStatus: {status}.\n")
+    print(text + f"\n\nStatus: {status}. Report: {work / 'results.md'}")
+    return left
+
+
+if __name__ == "__main__":
+    fire.Fire(main, name="run_study", serialize=lambda left: None)  # the count is for callers, not the terminal

@@ -1,0 +1,141 @@
+"""A study's tables: every arm per regime, the reference arms' sanity check, paired differences against the
+baseline arm with 95 % intervals and wins, convergence, and the TPP pretext curves."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+from tools.study.metrics import PRIMARY_METRIC
+from tools.study.plan import StudyPlan
+from tools.study.stats import epochs_to_reach, paired_difference
+
+__all__ = ["summarise"]
+
+#: paired differences in points (x100) for scores in [0, 1]; distances stay in mm
+SCALE = {"hd95": 1.0}
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} +- {std:.3f}"
+
+
+def _interval(d: dict) -> str:
+    lo, hi = d["ci95"]
+    if math.isnan(lo):
+        return f"{d['mean']:+.1f} (n={d['n']})"
+    return f"{d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def _arm_name(r: dict) -> str:
+    return r["arm"] if r["method"] is None else f"{r['method']}/{r['arm']}"
+
+
+def _convergence(arm_runs: dict[int, dict], base_runs: dict[int, dict]) -> list[tuple[int, int | None, int | None]]:
+    """Per seed: (seed, epoch of the baseline's best validation score, epoch the arm first reaches it)."""
+    out = []
+    for seed in sorted(set(arm_runs) & set(base_runs)):
+        base_curve, arm_curve = base_runs[seed].get("val_curve") or [], arm_runs[seed].get("val_curve") or []
+        if not base_curve or not arm_curve:
+            continue
+        best = max(v for _, v in base_curve)
+        out.append((seed, epochs_to_reach(base_curve, best), epochs_to_reach(arm_curve, best)))
+    return out
+
+
+def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
+    """The study's summary (JSON-ready) and its Markdown report, from the finished runs' records."""
+    tunes = [r for r in records if r["kind"] == "finetune"]
+    tpps = [r for r in records if r["kind"] == "tpp"]
+    lines = [f"# Study '{plan.study}'", "",
+             f"Bundle `{plan.bundle.name}`{' + ' + ', '.join(plan.switches) if plan.switches else ''}, datalist "
+             f"`{plan.datalist.name}`, seeds {plan.seeds}; every stage `{plan.overrides}`. Paired differences are "
+             f"arm - `{plan.baseline_arm}` of the same method and seed, in points (x100; HD95 in mm), mean [95 % Student-t "
+             "interval]; wins count the seeds where the arm scored higher. Models are selected on validation; "
+             "every score is on the test split."]
+    summary: dict = {"regimes": {}}
+    if not tunes:
+        return summary, "\n".join(lines + ["", "No fine-tuning run has finished yet."])
+    task = tunes[0]["task"]
+    primary = PRIMARY_METRIC[task]
+    metrics = list(tunes[0]["test"])
+    for regime in plan.regimes:
+        name = regime["name"]
+        rs = [r for r in tunes if r["regime"] == name]
+        if not rs:
+            continue
+        by_arm: dict[str, dict[int, dict]] = defaultdict(dict)
+        for r in rs:
+            by_arm[_arm_name(r)][r["seed"]] = r
+        section: dict = {"arms": {}, "paired": {}, "convergence": {}}
+        lines += ["", f"## Regime '{name}': {100 * float(regime.get('label_fraction', 1.0)):.0f} % of the training labels, "
+                      f"`{regime.get('overrides', {})}`", "",
+                  "| arm | n | " + " | ".join(metrics) + " | train s/run |", "|---|---|" + "---|" * (len(metrics) + 1)]
+        for arm, seeds in by_arm.items():
+            values = {m: [seeds[s]["test"][m] for s in sorted(seeds)] for m in metrics}
+            section["arms"][arm] = values
+            train_s = statistics.fmean(seeds[s]["seconds"]["train"] for s in seeds)
+            lines.append(f"| {arm} | {len(seeds)} | " + " | ".join(_mean_std(values[m]) for m in metrics) + f" | {train_s:.0f} |")
+        lines += ["", *_reference_check(plan, by_arm, primary)]
+        lines += ["", "| comparison | n | " + " | ".join(metrics) + f" | wins ({primary}) |", "|---|---|" + "---|" * (len(metrics) + 1)]
+        for method in plan.methods:
+            base = by_arm.get(f"{method}/{plan.baseline_arm}", {})
+            for arm in plan.arms:
+                if arm == plan.baseline_arm or f"{method}/{arm}" not in by_arm:
+                    continue
+                runs = by_arm[f"{method}/{arm}"]
+                diffs = {m: paired_difference({s: r["test"][m] for s, r in runs.items()},
+                                              {s: r["test"][m] for s, r in base.items()}, scale=SCALE.get(m, 100.0))
+                         for m in metrics}
+                key = f"{method}/{arm} - {method}/{plan.baseline_arm}"
+                section["paired"][key] = diffs
+                d = diffs[primary]
+                lines.append(f"| {key} | {d['n']} | " + " | ".join(_interval(diffs[m]) for m in metrics)
+                             + f" | {d['wins']}/{d['n']} |")
+                section["convergence"][key] = _convergence(runs, base)
+        conv = [(k, v) for k, v in section["convergence"].items() if v]
+        if conv:
+            lines += ["", f"Convergence: the epoch at which each seed first reaches the baseline arm's best validation "
+                          f"{primary} (seed: baseline's best epoch -> arm's epoch, or never):"]
+            for key, rows in conv:
+                lines.append(f"- {key}: " + ", ".join(f"{s}: {b} -> {a if a is not None else 'never'}" for s, b, a in rows))
+        summary["regimes"][name] = section
+    lines += _pretext_lines(tpps, summary)
+    return summary, "\n".join(lines)
+
+
+def _reference_check(plan: StudyPlan, by_arm: dict[str, dict[int, dict]], primary: str) -> list[str]:
+    """One line on whether the reference arms make sense: full fine-tuning should reach at least the linear probe,
+    and PEFT from its standard start should sit near or between them."""
+    means = {arm: statistics.fmean(r["test"][primary] for r in seeds.values()) for arm, seeds in by_arm.items()}
+    refs = {a: means[a] for a in plan.reference_arms if a in means}
+    if not refs:
+        return ["(no reference arm in this plan: nothing to check the comparison against)"]
+    text = ", ".join(f"{a} {v:.3f}" for a, v in refs.items())
+    base = {m: means[f"{m}/{plan.baseline_arm}"] for m in plan.methods if f"{m}/{plan.baseline_arm}" in means}
+    text += "; " + ", ".join(f"{m}/{plan.baseline_arm} {v:.3f}" for m, v in base.items())
+    probe, full = refs.get("linear_probe"), refs.get("full_finetune")
+    if probe is not None and full is not None and full < probe:
+        text += ". **Check the reference arms: full fine-tuning is below the linear probe.**"
+    return [f"Reference arms ({primary}, mean): {text}"]
+
+
+def _pretext_lines(tpps: list[dict], summary: dict) -> list[str]:
+    """Held-out pretext loss of each TPP variant: first and last epoch, mean over seeds."""
+    curves: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
+    for r in tpps:
+        if r.get("pretext_curve"):
+            curves[f"{r['method']}/{r['arm']}"].append(r["pretext_curve"])
+    if not curves:
+        return []
+    lines = ["", "## TPP: held-out pretext loss (mean over seeds, first -> last epoch)", ""]
+    summary["pretext"] = {}
+    for key, cs in curves.items():
+        first, last = statistics.fmean(c[0][1] for c in cs), statistics.fmean(c[-1][1] for c in cs)
+        summary["pretext"][key] = {"first": first, "last": last, "seeds": len(cs)}
+        lines.append(f"- {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f} %, {len(cs)} seeds)")
+    return lines

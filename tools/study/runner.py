@@ -1,0 +1,123 @@
+"""Run a study plan: each run is the bundle's own ``python -m monai.bundle run``; finished runs are never redone.
+
+A run is finished when its folder holds ``result.json`` (written atomically after the stage, and for
+fine-tuning after the evaluation, succeeded), so an interrupted study (a killed process, a chunk's time
+budget) resumes where it stopped: rerun the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.study.curves import scalar_curve
+from tools.study.metrics import VALIDATION_TAG, read_test_metrics
+from tools.study.plan import Run, StudyPlan
+from tpp_components.io import atomic_write_text
+from tpp_components.runtime import cpu_environment
+
+__all__ = ["bundle_run", "cli_value", "run_study", "study_workdir"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli_value(value: Any) -> str:
+    """A config value as ``monai.bundle run`` reads it from the command line (``None`` as the expression ``$None``)."""
+    if value is None:
+        return "$None"
+    return value if isinstance(value, str) else repr(value)
+
+
+def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int) -> float:
+    """Run ``python -m monai.bundle run`` on ``bundle``'s ``configs`` with ``overrides``; return its wall time (s).
+
+    Output goes to ``log``; a failure raises with the log's tail and its path.
+    """
+    files = [str(bundle / "configs" / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files) if len(files) > 1 else files[0]]
+    cmd += ["--bundle_root", str(bundle), "--logging_file", str(bundle / "configs" / "logging.conf")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", cli_value(value)]
+    env = cpu_environment(threads, dict(os.environ, PYTHONWARNINGS="ignore"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    if code:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"stage failed ({' '.join(configs)}), see {log}:\n{tail}")
+    return elapsed
+
+
+def study_workdir(plan: StudyPlan, workdir: str | os.PathLike | None = None) -> Path:
+    """The study's folder: ``workdir`` if given, else the plan's ``workdir``, else ``runs/studies/<study>``."""
+    return Path(workdir or plan.workdir or ROOT / "runs" / "studies" / plan.study).resolve()
+
+
+def _execute(plan: StudyPlan, run: Run, work: Path) -> dict:
+    """Run one TPP stage, or fine-tuning then evaluation; return its result record."""
+    folder = work / run.path
+    stage = {**run.overrides, "ckpt_dir": str(folder), "output_dir": str(folder / "logs")}
+    record: dict[str, Any] = {"kind": run.kind, "path": run.path, "seed": run.seed, "arm": run.arm, "method": run.method,
+                              "regime": run.regime, "overrides": run.overrides}
+    if run.kind in ("stage0", "tpp"):
+        record["seconds"] = {run.kind: bundle_run(plan.bundle, ["train.json", *run.configs], stage,
+                                                  folder / f"{run.kind}.log", plan.threads)}
+        record["pretext_curve"] = scalar_curve(folder / "logs", "val_pretext_loss")
+        return record
+    if run.needs is not None:
+        stage["tpp_target_parameters"] = str(work / run.needs / "tpp_target_parameters.safetensors")
+    seconds = {"train": bundle_run(plan.bundle, ["train.json", *run.configs], stage, folder / "train.log", plan.threads)}
+    # the merged model.pt holds the backbone: evaluation reads only it
+    evaluate = {k: v for k, v in run.overrides.items() if k not in ("backbone_weights", "tpp_target_parameters")}
+    evaluate.update(ckpt_dir=str(folder), output_dir=str(folder / "eval"))
+    seconds["evaluate"] = bundle_run(plan.bundle, ["train.json", *run.configs, "evaluate.json"], evaluate,
+                                     folder / "evaluate.log", plan.threads)
+    task, metrics = read_test_metrics(folder / "eval")
+    record.update(task=task, test=metrics, seconds=seconds, val_curve=scalar_curve(folder / "logs", VALIDATION_TAG[task]))
+    return record
+
+
+def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hours: float | None = None,
+              dry_run: bool = False) -> tuple[list[dict], int]:
+    """Run every unfinished run of ``plan`` in order; stop starting new ones after ``max_hours``.
+
+    Returns:
+        ``(results, remaining)``: the records of every finished run (earlier and new), and how many runs
+        are left (0 when the study is complete).
+    """
+    work = study_workdir(plan, workdir)
+    runs = plan.runs(work)
+    done = {r.path for r in runs if (work / r.path / "result.json").is_file()}
+    todo = [r for r in runs if r.path not in done]
+    print(f"study '{plan.study}' in {work}: {len(runs)} runs, {len(done)} finished, {len(todo)} to run", flush=True)
+    if dry_run:
+        for r in todo:
+            print(f"  {r.kind:8s} {r.path}", flush=True)
+        return _records(runs, work), len(todo)
+    start, spent = time.monotonic(), {"stage0": [], "tpp": [], "finetune": []}
+    for i, run in enumerate(todo, 1):
+        elapsed = time.monotonic() - start
+        if max_hours is not None and elapsed > 3600 * max_hours:
+            print(f"time budget of {max_hours} h spent: {len(todo) - i + 1} runs left; rerun the same command to go on",
+                  flush=True)
+            return _records(runs, work), len(todo) - i + 1
+        record = _execute(plan, run, work)
+        atomic_write_text(work / run.path / "result.json", json.dumps(record, indent=4))
+        took = sum(record["seconds"].values())
+        spent[run.kind].append(took)
+        left = sum((sum(spent[r.kind]) / len(spent[r.kind]) if spent[r.kind] else took) for r in todo[i:])
+        score = " ".join(f"{k} {v:.3f}" for k, v in record.get("test", {}).items())
+        print(f"[{i}/{len(todo)}] {run.path}: {took:.0f} s {score}  (about {left / 3600:.1f} h left)", flush=True)
+    return _records(runs, work), 0
+
+
+def _records(runs: list[Run], work: Path) -> list[dict]:
+    return [json.loads((work / r.path / "result.json").read_text()) for r in runs if (work / r.path / "result.json").is_file()]
