@@ -47,3 +47,30 @@ def small_demo_datalist(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("small_demo")
     data = make_demo_dataset(tmp / "data", num_per_class=6, image_size=64, seed=0)
     return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
+
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Long tests first on both workers. ``pytest -n 2 --dist worksteal`` (run_tests.sh) gives each worker one
+    contiguous half of this order, and a worker that runs out steals from the *end* of the other's queue, so
+    the long tests must open both halves: the files holding ``slow`` tests are split into two groups of about
+    equal count of slow test functions (largest first, each to the lighter group), one group opens each half, the other
+    files fill the rest. Files stay whole (their module fixtures are built once), a file's ``slow`` tests
+    first. Without xdist this is simply an order."""
+    slow = {id(item) for item in items if item.get_closest_marker("slow")}
+    files: dict = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+    for tests in files.values():
+        tests.sort(key=lambda item: id(item) not in slow)  # stable: slow first, otherwise as collected
+    # a parametrized slow test counts once: its cases are usually quick, one by one
+    weight = {path: len({i.originalname for i in tests if id(i) in slow}) for path, tests in files.items()}
+    groups: tuple[list, list] = ([], [])
+    for path in sorted((p for p in files if weight[p]), key=lambda p: -weight[p]):
+        lighter = min(groups, key=lambda g: sum(weight[q] for q in g))
+        lighter.append(path)
+    rest = [item for path, tests in files.items() if not weight[path] for item in tests]
+    first = [item for path in groups[0] for item in files[path]]
+    second = [item for path in groups[1] for item in files[path]]
+    fill = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:fill] + second + rest[fill:]

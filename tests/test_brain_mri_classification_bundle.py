@@ -243,6 +243,7 @@ def _stages_and_report(tmp: Path, datalist: str, stage0: int, tpp: int, train: i
     return json.loads((tmp / "eval" / "classification_report.json").read_text())
 
 
+@pytest.mark.slow
 def test_gate_lora_from_tpp_beats_trivial_on_synthetic_data(tmp_path):
     """Stage 0 (10 epochs), TPP (2) and LoRA from TPP (15) on 4x60 synthetic images, batch 16; the test split (n=48)."""
     report = _stages_and_report(tmp_path, _datalist(tmp_path, num_per_class=60), stage0=10, tpp=2, train=15, batch_size=16)
@@ -251,6 +252,7 @@ def test_gate_lora_from_tpp_beats_trivial_on_synthetic_data(tmp_path):
     assert report["balanced_accuracy"] >= 1 / 4 + SYNTHETIC_MARGIN, (report["balanced_accuracy"], report["per_class"])
 
 
+@pytest.mark.slow
 def test_gate_lora_beats_trivial_on_real_brain_mri(tmp_path):
     """The converter on the real folder, then a stratified subsample of its split (400 / 60 / 200 images):
     stage 0 (8 epochs), TPP (2), LoRA from TPP (6), batch 16, 64 px; balanced accuracy on the 200 test images."""

@@ -298,6 +298,7 @@ def test_swin_ssl_switch_loads_a_two_channel_encoder_and_names_the_ct_one_mismat
 REAL_EPOCHS = 4
 
 
+@pytest.mark.slow
 def test_real_brats_whole_tumour_beats_all_background(tmp_path):
     """BraTS 2013 (the converter on the published folders): 2 training patients, short stage 0 / TPP / fine-tuning,
     whole-tumour Dice on the 2 test patients (a pipeline check, not an accuracy claim)."""

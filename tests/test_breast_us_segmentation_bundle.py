@@ -83,6 +83,7 @@ def test_all_stages_on_synthetic_data_learn_and_restore_geometry(demo_datalist, 
     check_export(BUNDLE, ["inference.json"], tmp_path / "models" / "model.pt", [2, 3, 64, 64], atol=1e-4)
 
 
+@pytest.mark.slow
 @needs_weights
 def test_real_busi_segmentation_beats_all_background(tmp_path):
     data = require_data("busi_segmentation")

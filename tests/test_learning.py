@@ -58,6 +58,7 @@ def demo_stage0(tmp_path_factory) -> tuple[Path, str, list[float]]:
     return tmp, datalist, curve
 
 
+@pytest.mark.slow
 def test_gate_stage0_pretext_loss_falls_on_demo_data(demo_stage0):
     tmp, _, curve = demo_stage0
     print(f"stage-0 held-out pretext loss by epoch: {[round(v, 4) for v in curve]}")
@@ -67,6 +68,7 @@ def test_gate_stage0_pretext_loss_falls_on_demo_data(demo_stage0):
     assert min(curve) < curve[0]
 
 
+@pytest.mark.slow
 def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
     tmp, datalist, _ = demo_stage0
     backbone = tmp / "models" / "backbone.pt"
@@ -79,6 +81,7 @@ def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
         assert report["accuracy"] >= report["majority_rate"] + DEMO_MARGIN, (name, report["accuracy"])
 
 
+@pytest.mark.slow
 def test_gate_finetuning_beats_trivial_on_real_busi(tmp_path):
     """A short real run of the whole pipeline: stage 0 on the BUSI training images (no labels,
     30 epochs), then LoRA fine-tuning (20 epochs); the model must beat chance on the whole test

@@ -108,6 +108,7 @@ def test_switch_tpp_with_the_feature_target(small_demo_datalist, tmp_path):
     assert manifest["method"] == "lora"
 
 
+@pytest.mark.slow
 def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(tmp_path):
     data = make_demo_dataset(tmp_path / "data", num_per_class=60, image_size=64, seed=0)
     datalist = str(prepare_busi(data_dir=str(data), output=str(tmp_path / "datalist.json"), seed=0))
@@ -119,6 +120,7 @@ def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(tmp_path):
         assert report["accuracy"] >= report["majority_rate"] + DEMO_MARGIN, (name, report["accuracy"])
 
 
+@pytest.mark.slow
 def test_gate_lora_beats_trivial_on_real_busi(tmp_path):
     """The pretrained encoder with LoRA, 2 epochs at 64 px on the BUSI training split; the whole
     test split (n=156) must beat chance on balanced accuracy by the margin."""

@@ -194,6 +194,7 @@ def equivalence(bundle: Path, configs: list[str], common: dict, batch: int, tmp:
     return max_difference(one, two), moved
 
 
+@pytest.mark.slow
 def test_torchrun_2d_stage0_tpp_train_equivalent(small_demo_datalist, tmp_path):
     """breast_us_classification (2D ViT, MAE): stage 0 and TPP merged with multi_gpu_tpp.json, fine-tuning with
     multi_gpu_train.json; 12 synthetic training images, one epoch each."""
@@ -226,6 +227,7 @@ def test_torchrun_2d_stage0_tpp_train_equivalent(small_demo_datalist, tmp_path):
     assert_only_rank0_wrote(tmp_path)
 
 
+@pytest.mark.slow
 def test_torchrun_3d_tpp_train_equivalent(tmp_path):
     """spleen_ct_segmentation (3D SwinUNETR, SimMIM), small network, 6 synthetic training volumes, one epoch each,
     fixed centre crops for the equivalence run."""

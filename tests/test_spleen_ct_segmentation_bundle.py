@@ -238,6 +238,7 @@ def test_swin_ssl_switch_starts_from_the_self_supervised_encoder(synthetic_datal
 REAL_EPOCHS = 16
 
 
+@pytest.mark.slow
 def test_real_ct_spleen_beats_all_background(tmp_path):
     """ONE TotalSegmentator CT, trained on and scored on itself (a pipeline check on real CT, not accuracy)."""
     data = require_data("totalseg_ct")

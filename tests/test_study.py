@@ -215,6 +215,7 @@ def test_fine_tuning_starts_from_tpp_with_its_update_scaled(tmp_path, scale):
 
 # ---------------------------------------------------------------------------------------------- a real study
 
+@pytest.mark.slow
 @needs_weights
 def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
     """breast_us_segmentation on 24 generated image / mask pairs: TPP, fine-tuning from it and from the standard
@@ -243,3 +244,14 @@ def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
     assert len(half["training"]) == round(0.5 * len(json.loads(Path(datalist).read_text())["training"]))
     assert "| lora/tpp - lora/standard | 1 |" in (tmp_path / "study" / "results.md").read_text()
     assert run_study_cli(str(plan)) == 0  # resumed: everything finished, nothing runs again
+
+
+def test_cli_names_a_bad_plan_in_one_line(tmp_path, labelled):
+    import subprocess
+    import sys
+
+    path = _write_plan(tmp_path, labelled, datalist="${NO_SUCH_VARIABLE}/busi.json")
+    result = subprocess.run([sys.executable, "tools/run_study.py", str(path), "--dry_run"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR: study plan '{path}': datalist ")

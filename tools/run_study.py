@@ -20,7 +20,7 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from tools.study.plan import load_plan  # noqa: E402
+from tools.study.plan import PlanError, load_plan  # noqa: E402
 from tools.study.report import summarise  # noqa: E402
 from tools.study.runner import run_study, study_workdir  # noqa: E402
 from tpp_components.io import atomic_write_text  # noqa: E402
@@ -55,4 +55,7 @@ def main(plan: str, workdir: str | None = None, max_hours: float | None = None, 
 
 
 if __name__ == "__main__":
-    fire.Fire(main, name="run_study", serialize=lambda left: None)  # the count is for callers, not the terminal
+    try:
+        fire.Fire(main, name="run_study", serialize=lambda left: None)  # the count is for callers, not the terminal
+    except PlanError as err:  # a plan that cannot run: one line naming the file and key, no traceback
+        sys.exit(f"ERROR: {err}")
