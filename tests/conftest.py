@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import os
 from pathlib import Path
@@ -74,3 +76,31 @@ def pytest_collection_modifyitems(config, items) -> None:
     second = [item for path in groups[1] for item in files[path]]
     fill = max(0, len(items) // 2 - len(first))
     items[:] = first + rest[:fill] + second + rest[fill:]
+
+
+try:  # glibc's malloc_trim: GLIBC_TUNABLES (run_tests.sh) keeps freed memory in the heap for speed
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError, TypeError):
+    _LIBC = None
+#: a worker above this resident size gives its freed heap memory back after the test
+TRIM_ABOVE_BYTES = 3 << 30
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown has released the test's fixtures
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """Hand freed memory back to the system after a test that left the worker large.
+
+    With ``GLIBC_TUNABLES`` the heap keeps what a test once held (a stage's speed depends on it), and a
+    long-lived pytest worker would carry the largest test's peak into every later one: two workers of 11 GB
+    each were seen. ``malloc_trim(0)`` releases the free pages; reading the resident size first keeps the
+    cost off the many small tests.
+    """
+    if _LIBC is None:
+        return
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return
+    if resident > TRIM_ABOVE_BYTES:
+        _LIBC.malloc_trim(0)
