@@ -271,3 +271,12 @@ def test_swin_unetr_bundle_is_traced_and_keeps_its_network_overrides(tmp_path, c
     x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():
         assert torch.allclose(ts(x), torch.jit.load(str(bundle / "models" / "verify_model.ts"))(x), atol=1e-4)
+
+
+def test_cli_help_shows_the_arguments():
+    """``python tools/package_bundle.py --help`` prints the usage (it once crashed on the missing bundle_root)."""
+    result = subprocess.run([sys.executable, "tools/package_bundle.py", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300, env={**os.environ, "PAGER": "cat"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    usage = result.stdout + result.stderr  # fire writes its help to stderr when no terminal is attached
+    assert "BUNDLE_ROOT" in usage and "--changelog" in usage

@@ -18,7 +18,7 @@ third-party distributions the vendored code imports are pinned there instead.
 
 Usage::
 
-    # after fine-tuning (models/model.pt exists):
+    # after fine-tuning (models/model.pt exists); --version must be newer than the bundle's metadata.json version:
     python tools/package_bundle.py --bundle_root bundles/breast_us_segmentation \\
         --version 0.1.1 --changelog "model-zoo package" --output dist/breast_us_segmentation_v0.1.1.zip
     # trained with a switch (merged into train.json and inference.json of the package) and elsewhere:
@@ -270,4 +270,8 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    fire.Fire(lambda **kw: print(main(**kw)))
+    # main takes config overrides as **kwargs, so fire would read a bare --help as one of them and exit 2;
+    # "-- --help" is fire's own spelling of the help request
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        sys.argv[1:] = ["--", "--help"]
+    fire.Fire(main, name="package_bundle")  # prints the zip's path
