@@ -232,7 +232,7 @@ def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
                        overrides={}, methods={"lora": {"method": "lora", "r": 4, "alpha": 8, "target_modules": "attention_mlp"}},
                        pretexts={"pixels": {"tpp_epochs": 1}}, arms={"standard": {}, "tpp": {"pretext": "pixels"}},
                        reference_arms={}, regimes=[{"name": "half", "label_fraction": 0.5, "overrides": {"num_epochs": 1}}],
-                       workdir=str(tmp_path / "study"))
+                       workdir=str(tmp_path / "study"), threads=1)  # one thread: the suite's workers share 2 cores
     assert run_study_cli(str(plan)) == 0
     result = json.loads((tmp_path / "study" / "results.json").read_text())
     assert result["status"] == "complete" and len(result["runs"]) == 3
