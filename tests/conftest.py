@@ -51,13 +51,12 @@ def small_demo_datalist(tmp_path_factory) -> str:
     return str(prepare_busi(data_dir=str(data), output=str(tmp / "datalist.json"), seed=0))
 
 
-
 def pytest_collection_modifyitems(config, items) -> None:
     """Long tests first on both workers. ``pytest -n 2 --dist worksteal`` (run_tests.sh) gives each worker one
     contiguous half of this order, and a worker that runs out steals from the *end* of the other's queue, so
     the long tests must open both halves: the files holding ``slow`` tests are split into two groups of about
-    equal count of slow test functions (largest first, each to the lighter group), one group opens each half, the other
-    files fill the rest. Files stay whole (their module fixtures are built once), a file's ``slow`` tests
+    equal count of slow test functions (largest first, each to the lighter group), one group opens each half,
+    the other files fill the rest. Files stay whole (their module fixtures are built once), a file's ``slow`` tests
     first. Without xdist this is simply an order."""
     slow = {id(item) for item in items if item.get_closest_marker("slow")}
     files: dict = {}
@@ -92,8 +91,8 @@ def pytest_runtest_teardown(item, nextitem) -> None:
     """Hand freed memory back to the system after a test that left the worker large.
 
     With ``GLIBC_TUNABLES`` the heap keeps what a test once held (a stage's speed depends on it), and a
-    long-lived pytest worker would carry the largest test's peak into every later one: two workers of 11 GB
-    each were seen. ``malloc_trim(0)`` releases the free pages; reading the resident size first keeps the
+    long-lived pytest worker would carry the largest test's peak into every later one (one worker was seen
+    holding 10.8 GB). ``malloc_trim(0)`` releases the free pages; reading the resident size first keeps the
     cost off the many small tests.
     """
     if _LIBC is None:

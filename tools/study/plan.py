@@ -48,8 +48,8 @@ import yaml
 __all__ = ["PlanError", "Run", "StudyPlan", "label_subset", "load_plan"]
 
 ROOT = Path(__file__).resolve().parents[2]
-_KEYS = {"study", "bundle", "switches", "stage0", "datalist", "seeds", "overrides", "methods", "pretexts", "arms", "baseline_arm",
-         "reference_arms", "regimes", "workdir", "threads"}
+_KEYS = {"study", "bundle", "switches", "stage0", "datalist", "seeds", "overrides", "methods", "pretexts", "arms",
+         "baseline_arm", "reference_arms", "regimes", "workdir", "threads"}
 _ARM_KEYS = {"pretext", "overrides"}
 _REGIME_KEYS = {"name", "label_fraction", "overrides"}
 
@@ -212,7 +212,8 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
         if bad:
             raise PlanError(f"{where}: arm '{name}' has unknown keys {bad}; expected some of {sorted(_ARM_KEYS)}.")
         if spec.get("pretext") is not None and spec["pretext"] not in pretexts:
-            raise PlanError(f"{where}: arm '{name}' names pretext '{spec['pretext']}', not one of 'pretexts' {sorted(pretexts)}.")
+            raise PlanError(f"{where}: arm '{name}' names pretext '{spec['pretext']}', "
+                            f"not one of 'pretexts' {sorted(pretexts)}.")
         arms[name] = spec
     baseline = raw.get("baseline_arm", "standard")
     if baseline not in arms:
@@ -230,7 +231,8 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
         raise PlanError(f"{where}: regime names repeat: {names}.")
     return StudyPlan(
         study=str(raw["study"]), file=file, bundle=bundle, datalist=datalist, methods=dict(raw["methods"]), arms=arms,
-        switches=list(raw.get("switches") or []), stage0=None if raw.get("stage0") is None else dict(raw["stage0"]), seeds=[int(s) for s in raw.get("seeds", [0, 1, 2])],
+        switches=list(raw.get("switches") or []), stage0=None if raw.get("stage0") is None else dict(raw["stage0"]),
+        seeds=[int(s) for s in raw.get("seeds", [0, 1, 2])],
         overrides=dict(raw.get("overrides") or {}), pretexts={k: dict(v or {}) for k, v in pretexts.items()},
         baseline_arm=baseline, reference_arms={k: dict(v or {}) for k, v in (raw.get("reference_arms") or {}).items()},
         regimes=regimes, workdir=_expand(str(raw["workdir"]), ROOT) if raw.get("workdir") else None,

@@ -79,7 +79,8 @@ def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
             values = {m: [seeds[s]["test"][m] for s in sorted(seeds)] for m in metrics}
             section["arms"][arm] = values
             train_s = statistics.fmean(seeds[s]["seconds"]["train"] for s in seeds)
-            lines.append(f"| {arm} | {len(seeds)} | " + " | ".join(_mean_std(values[m]) for m in metrics) + f" | {train_s:.0f} |")
+            cells = " | ".join(_mean_std(values[m]) for m in metrics)
+            lines.append(f"| {arm} | {len(seeds)} | {cells} | {train_s:.0f} |")
         lines += ["", *_reference_check(plan, by_arm, primary)]
         lines += ["", "| comparison | n | " + " | ".join(metrics) + f" | wins ({primary}) |", "|---|---|" + "---|" * (len(metrics) + 1)]
         for method in plan.methods:
