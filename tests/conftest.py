@@ -83,7 +83,7 @@ try:  # glibc's malloc_trim: GLIBC_TUNABLES (run_tests.sh) keeps freed memory in
 except (OSError, AttributeError, TypeError):
     _LIBC = None
 #: a worker above this resident size gives its freed heap memory back after the test
-TRIM_ABOVE_BYTES = 3 << 30
+TRIM_ABOVE_BYTES = 6 << 30
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own teardown has released the test's fixtures
