@@ -157,6 +157,46 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, la
     assert runner.run_study(other, tmp_path / "work", max_hours=0)[1] == 3 and calls == []
 
 
+def test_two_workers_run_at_once_one_thread_each_and_wait_for_the_tpp_run_they_start_from(tmp_path, labelled,
+                                                                                         monkeypatch):
+    import threading
+    import time
+
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0, 1], regimes=[{"name": "all"}], reference_arms={},
+                                 arms={"standard": {}, "tpp": {"pretext": "pixels"}}))
+    calls: list = []
+    fake, events, lock, going = _fake_bundle_run(calls), [], threading.Lock(), [0]
+
+    def timed(bundle, configs, overrides, log, threads):
+        with lock:
+            going[0] += 1
+            events.append(("start", log.parent.relative_to(tmp_path / "work").as_posix(), threads, going[0]))
+        time.sleep(0.05)
+        try:
+            return fake(bundle, configs, overrides, log, threads)
+        finally:
+            with lock:
+                going[0] -= 1
+                events.append(("end", log.parent.relative_to(tmp_path / "work").as_posix(), threads, going[0]))
+
+    monkeypatch.setattr(runner, "bundle_run", timed)
+    records, left = runner.run_study(plan, tmp_path / "work", workers=2)
+    assert left == 0 and len(records) == 6
+    assert {e[2] for e in events} == {1}  # the plan's 2 threads shared between the two workers
+    assert max(e[3] for e in events if e[0] == "start") == 2  # two runs at once
+    for seed in (0, 1):  # a TPP arm starts only after its TPP run ended
+        tpp_end = events.index(next(e for e in events if e[:2] == ("end", f"tpp/lora/pixels/seed{seed}")))
+        arm_start = events.index(next(e for e in events if e[:2] == ("start", f"all/seed{seed}/lora/tpp")))
+        assert tpp_end < arm_start
+    # a failure stops new starts, keeps what finished, and raises
+    calls.clear()
+    monkeypatch.setattr(runner, "bundle_run", _fake_bundle_run(calls, fail_at=0))
+    work = tmp_path / "other"
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.run_study(plan, work, workers=2)
+    assert len(list(work.rglob("result.json"))) <= 1
+
+
 # ---------------------------------------------------------------------------------------------- the report
 
 def _record(arm: str, seed: int, dice: float, curve: list[float], method: str | None = "lora") -> dict:

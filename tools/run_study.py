@@ -27,7 +27,7 @@ from tpp_components.io import atomic_write_text  # noqa: E402
 
 
 def main(plan: str, workdir: str | None = None, max_hours: float | None = None, dry_run: bool = False,
-         report_only: bool = False) -> int:
+         report_only: bool = False, workers: int = 1) -> int:
     """Run what is left of the study in ``plan`` (at most ``max_hours`` of new runs), then write its report.
 
     Args:
@@ -36,13 +36,15 @@ def main(plan: str, workdir: str | None = None, max_hours: float | None = None, 
         max_hours: start no new run after this many hours; rerun to resume.
         dry_run: list the runs left and stop.
         report_only: write the report from the finished runs without running anything.
+        workers: runs at once, sharing the plan's ``threads`` (for larger machines: on 2 cores one run is faster).
 
     Returns:
         the number of runs left (0: the study is complete).
     """
     study = load_plan(plan)
     work = study_workdir(study, workdir)
-    records, left = run_study(study, work, max_hours=None if report_only else max_hours, dry_run=dry_run or report_only)
+    records, left = run_study(study, work, max_hours=None if report_only else max_hours, dry_run=dry_run or report_only,
+                                workers=workers)
     if dry_run and not report_only:
         return left
     summary, text = summarise(study, records)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -61,33 +62,47 @@ def study_workdir(plan: StudyPlan, workdir: str | os.PathLike | None = None) -> 
     return Path(workdir or plan.workdir or ROOT / "runs" / "studies" / plan.study).resolve()
 
 
-def _execute(plan: StudyPlan, run: Run, work: Path) -> dict:
-    """Run one TPP stage, or fine-tuning then evaluation; return its result record."""
+def _execute(plan: StudyPlan, run: Run, work: Path, threads: int) -> dict:
+    """Run one TPP stage, or fine-tuning then evaluation, with ``threads`` torch threads; return its record."""
     folder = work / run.path
     stage = {**run.overrides, "ckpt_dir": str(folder), "output_dir": str(folder / "logs")}
     record: dict[str, Any] = {"kind": run.kind, "path": run.path, "seed": run.seed, "arm": run.arm, "method": run.method,
                               "regime": run.regime, "overrides": run.overrides}
     if run.kind in ("stage0", "tpp"):
         record["seconds"] = {run.kind: bundle_run(plan.bundle, ["train.json", *run.configs], stage,
-                                                  folder / f"{run.kind}.log", plan.threads)}
+                                                  folder / f"{run.kind}.log", threads)}
         record["pretext_curve"] = scalar_curve(folder / "logs", "val_pretext_loss")
         return record
     if run.needs is not None:
         stage["tpp_target_parameters"] = str(work / run.needs / "tpp_target_parameters.safetensors")
-    seconds = {"train": bundle_run(plan.bundle, ["train.json", *run.configs], stage, folder / "train.log", plan.threads)}
+    seconds = {"train": bundle_run(plan.bundle, ["train.json", *run.configs], stage, folder / "train.log", threads)}
     # the merged model.pt holds the backbone: evaluation reads only it
     evaluate = {k: v for k, v in run.overrides.items() if k not in ("backbone_weights", "tpp_target_parameters")}
     evaluate.update(ckpt_dir=str(folder), output_dir=str(folder / "eval"))
     seconds["evaluate"] = bundle_run(plan.bundle, ["train.json", *run.configs, "evaluate.json"], evaluate,
-                                     folder / "evaluate.log", plan.threads)
+                                     folder / "evaluate.log", threads)
     task, metrics = read_test_metrics(folder / "eval")
     record.update(task=task, test=metrics, seconds=seconds, val_curve=scalar_curve(folder / "logs", VALIDATION_TAG[task]))
     return record
 
 
+def _dependencies(run: Run, runs: list[Run]) -> set[str]:
+    """The runs that must finish before ``run`` starts: its TPP run, and the study's stage 0."""
+    deps = {run.needs} if run.needs else set()
+    if run.kind != "stage0" and any(r.kind == "stage0" for r in runs):
+        deps.add("stage0")
+    return deps
+
+
 def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hours: float | None = None,
-              dry_run: bool = False) -> tuple[list[dict], int]:
+              dry_run: bool = False, workers: int = 1) -> tuple[list[dict], int]:
     """Run every unfinished run of ``plan`` in order; stop starting new ones after ``max_hours``.
+
+    With ``workers`` above 1, that many runs go at once, each with ``plan.threads // workers`` torch threads
+    (at least one), and a run starts only once the runs it reads from (its TPP run, stage 0) have finished.
+    It is for machines with cores to spare: on 2 cores (AVX-512 bf16), two one-thread BUSI LiteMedSAM LoRA
+    epochs ran at 4.9 + 4.5 img/s against 10.1 img/s for one two-thread run, so there one worker is faster.
+    A failed run stops new starts; the runs already going finish, then it raises.
 
     Returns:
         ``(results, remaining)``: the records of every finished run (earlier and new), and how many runs
@@ -102,21 +117,57 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
         for r in todo:
             print(f"  {r.kind:8s} {r.path}", flush=True)
         return _records(runs, work), len(todo)
+    workers = max(1, int(workers))
+    threads = max(1, plan.threads // workers)
     start, spent = time.monotonic(), {"stage0": [], "tpp": [], "finetune": []}
-    for i, run in enumerate(todo, 1):
-        elapsed = time.monotonic() - start
-        if max_hours is not None and elapsed > 3600 * max_hours:
-            print(f"time budget of {max_hours} h spent: {len(todo) - i + 1} runs left; rerun the same command to go on",
-                  flush=True)
-            return _records(runs, work), len(todo) - i + 1
-        record = _execute(plan, run, work)
-        atomic_write_text(work / run.path / "result.json", json.dumps(record, indent=4))
-        took = sum(record["seconds"].values())
-        spent[run.kind].append(took)
-        left = sum((sum(spent[r.kind]) / len(spent[r.kind]) if spent[r.kind] else took) for r in todo[i:])
-        score = " ".join(f"{k} {v:.3f}" for k, v in record.get("test", {}).items())
-        print(f"[{i}/{len(todo)}] {run.path}: {took:.0f} s {score}  (about {left / 3600:.1f} h left)", flush=True)
-    return _records(runs, work), 0
+    waiting, going, finished, failure = list(todo), {}, 0, None
+    with ThreadPoolExecutor(workers) as pool:
+        while waiting or going:
+            over = max_hours is not None and time.monotonic() - start > 3600 * max_hours
+            while failure is None and not over and len(going) < workers:
+                ready = next((r for r in waiting if _dependencies(r, runs) <= done), None)
+                if ready is None:
+                    break
+                waiting.remove(ready)
+                going[pool.submit(_execute, plan, ready, work, threads)] = ready
+            if not going:
+                break
+            finished_now, _ = wait(list(going), return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                run = going.pop(future)
+                error = _finish(future, run, work, spent)
+                if error is not None:
+                    failure = failure or error
+                    continue
+                finished += 1
+                done.add(run.path)
+                _progress(run, future, finished, todo, waiting, going, spent, workers)
+    if failure is not None:
+        raise failure
+    if waiting:
+        print(f"time budget of {max_hours} h spent: {len(waiting)} runs left; rerun the same command to go on", flush=True)
+    return _records(runs, work), len(waiting)
+
+
+def _finish(future: Future, run: Run, work: Path, spent: dict[str, list[float]]) -> BaseException | None:
+    """Mark a run done (its ``result.json``) or return the error it raised."""
+    error = future.exception()
+    if error is not None:
+        return error
+    record = future.result()
+    atomic_write_text(work / run.path / "result.json", json.dumps(record, indent=4))
+    spent[run.kind].append(sum(record["seconds"].values()))
+    return None
+
+
+def _progress(run: Run, future: Future, finished: int, todo: list[Run], waiting: list[Run], going: dict,
+              spent: dict[str, list[float]], workers: int) -> None:
+    record = future.result()
+    took = sum(record["seconds"].values())
+    rest = [*waiting, *going.values()]
+    left = sum((sum(spent[r.kind]) / len(spent[r.kind]) if spent[r.kind] else took) for r in rest) / workers
+    score = " ".join(f"{k} {v:.3f}" for k, v in record.get("test", {}).items())
+    print(f"[{finished}/{len(todo)}] {run.path}: {took:.0f} s {score}  (about {left / 3600:.1f} h left)", flush=True)
 
 
 def _records(runs: list[Run], work: Path) -> list[dict]:
