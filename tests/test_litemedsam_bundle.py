@@ -98,12 +98,15 @@ def test_switch_refuses_a_stage0_decoder_and_prompts(small_demo_datalist, tmp_pa
     assert "windowed attention" in str(err.value.__cause__)
 
 
-def test_switch_tpp_with_the_feature_target(small_demo_datalist, tmp_path):
-    """``--pretext#target features``: masked feature prediction, no decoder; TPP writes target parameters."""
+@pytest.mark.parametrize("target", ["features", "distill"])
+def test_switch_tpp_with_the_feature_targets(small_demo_datalist, tmp_path, target):
+    """``--pretext#target features`` (masked feature prediction) or ``distill`` (self-distillation from the frozen
+    encoder): no pixel decoder; TPP writes target parameters."""
     common = stage_overrides(tmp_path, small_demo_datalist, image_size=32)
-    wf = run(TPP, output_dir=str(tmp_path / "logs"), **{"pretext#target": "features"}, **common)
+    wf = run(TPP, output_dir=str(tmp_path / "logs"), **{"pretext#target": target}, **common)
     pretext = wf.parser.get_parsed_content("pretext#model")
-    assert pretext.target == "features" and not hasattr(pretext, "decoder")
+    assert pretext.target == target and not hasattr(pretext, "decoder")
+    assert hasattr(pretext, "distill") == (target == "distill")
     manifest = read_manifest(tmp_path / "models" / "tpp_target_parameters.safetensors")
     assert manifest["method"] == "lora"
 

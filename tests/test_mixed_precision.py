@@ -63,7 +63,7 @@ def test_task_forward_backward_bf16(method, kind, dims):
 
 
 PRETEXTS = [("mae", "vit", 2), ("mae", "vit", 3)] + [
-    (target, kind, dims) for target in ("pixels", "features") for kind, dims in CASES
+    (target, kind, dims) for target in ("pixels", "features", "distill") for kind, dims in CASES
 ]
 
 

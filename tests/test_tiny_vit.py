@@ -146,7 +146,7 @@ def _lora_tinyvit():
     )
 
 
-@pytest.mark.parametrize("target", ["pixels", "features"])
+@pytest.mark.parametrize("target", ["pixels", "features", "distill"])
 def test_simmim_mask_token_trains_only_target_parameters(target):
     torch.manual_seed(0)
     net = _lora_tinyvit()
@@ -157,6 +157,8 @@ def test_simmim_mask_token_trains_only_target_parameters(target):
     out["loss"].backward()
     with_grad = {n for n, p in pretext.named_parameters() if p.grad is not None}
     own = {"mask_token"} | ({"decoder.weight", "decoder.bias"} if target == "pixels" else set())
+    if target == "distill":  # the student head; the teacher head is a moving average, without gradients
+        own |= {f"distill.student.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")} | {"distill.prototypes"}
     assert with_grad == {f"network.{n}" for n in targets} | own
     # masking is in 8 px units, and the loss only sees masked positions
     mask = out["mask"][:, 0]

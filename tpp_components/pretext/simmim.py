@@ -11,6 +11,9 @@ SwinUNETR) see the masked pixels replaced by a learned per-channel value. Two ta
   was built (for TPP, the method's standard initialisation, i.e. the pretrained encoder);
   squared error between the layer-normed maps on the masked cells. No decoder is learned: the
   target parameters learn to restore the pretrained representation on the downstream images.
+- ``"distill"`` (self-distillation, DINO-like): the same frozen reference encoder on the unmasked
+  image is the teacher, the masked view the student; DINO's centred, sharpened cross-entropy over
+  the pooled feature maps (:class:`~tpp_components.pretext.distill.DistillationHead`, a throwaway head).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from monai.networks.utils import pixelshuffle
 
 from tpp_components.peft.inject import get_peft_method, unwrap
 from tpp_components.pretext.decoder import load_decoder
+from tpp_components.pretext.distill import DistillationHead
 from tpp_components.pretext.encoders import (
     embedding_channels,
     embedding_stride,
@@ -36,7 +40,7 @@ from tpp_components.pretext.patches import random_patch_mask, upsample_patch_mas
 __all__ = ["SimMIM", "SIMMIM_TARGETS"]
 
 #: what the masked positions are trained to predict
-SIMMIM_TARGETS = ("pixels", "features")
+SIMMIM_TARGETS = ("pixels", "features", "distill")
 
 
 def _channel_layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +57,9 @@ class SimMIM(nn.Module):
         mask_patch: side of a masked patch in pixels (a multiple of the encoder stride).
         mask_ratio: fraction of masked patches.
         decoder_weights: a decoder saved by stage 0 to start from; None starts a fresh one.
-        target: ``"pixels"`` or ``"features"`` (see the module docstring); ``"features"``
-            needs an injected PEFT method (its target parameters define the reference encoder).
+        target: ``"pixels"``, ``"features"`` or ``"distill"`` (see the module docstring); ``"features"``
+            and ``"distill"`` need an injected PEFT method (its target parameters define the reference
+            encoder, the teacher).
 
     Example::
 
@@ -94,12 +99,14 @@ class SimMIM(nn.Module):
                 method = get_peft_method(unwrap(network))
             except (TypeError, ValueError, AttributeError) as err:
                 raise ValueError(
-                    "SimMIM target='features' predicts the pretrained encoder's features, which are defined by the "
-                    f"target parameters at their initial values; the network has no PEFT method injected ({err})."
+                    f"SimMIM target='{target}' learns from the pretrained encoder's features, which are defined by "
+                    f"the target parameters at their initial values; the network has no PEFT method injected ({err})."
                 ) from None
             names = set(method.target_names)
             # the reference encoder: these values substituted for the target parameters
             self._reference = {n: p.detach().clone() for n, p in network.named_parameters() if n in names}
+            if target == "distill":
+                self.distill = DistillationHead(encoder_channels(network))
         if decoder_weights:
             load_decoder(self, decoder_weights)
 
@@ -129,12 +136,14 @@ class SimMIM(nn.Module):
         patch_mask, grid = self._mask(images)
         mask = upsample_patch_mask(patch_mask, grid, self.mask_patch)
         # the reference features first: they swap parameter values, which must precede the graph
-        wanted = self._reference_features(images) if self.target == "features" else None
+        wanted = self._reference_features(images) if self.target != "pixels" else None
         if hasattr(self, "mask_token"):
             token_mask = upsample_patch_mask(patch_mask, grid, self.mask_patch // self.embed_stride)
             features = masked_feature_map(self.network, images, token_mask, self.mask_token)
         else:
             features = encoder_feature_map(self.network, images * (1 - mask) + self.mask_value * mask)
+        if self.target == "distill":
+            return {"loss": self.distill(features, wanted), "mask": mask}
         if wanted is not None:
             cell_mask = upsample_patch_mask(patch_mask, grid, self.mask_patch // self.stride)
             # the loss in fp32, also under autocast
