@@ -97,6 +97,17 @@ def test_plan_runs_share_tpp_pair_arms_and_subset_labels(tmp_path, labelled):
     assert label_subset(training, 0.5, 0) == label_subset(training, 0.5, 0) != label_subset(training, 0.5, 1)
 
 
+def test_secondary_arms_and_references_run_on_fewer_seeds(tmp_path, labelled):
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0, 1, 2], regimes=[{"name": "all"}], reference_seeds=[0],
+                                 arms={"standard": {}, "tpp": {"pretext": "pixels"},
+                                       "tpp_features": {"pretext": "features", "seeds": [0, 1]}}))
+    paths = [r.path for r in plan.runs(tmp_path / "work")]
+    assert [p for p in paths if "linear_probe" in p] == ["all/seed0/linear_probe"]
+    assert [p for p in paths if p.endswith("tpp_features")] == ["all/seed0/lora/tpp_features", "all/seed1/lora/tpp_features"]
+    assert "tpp/lora/features/seed2" not in paths and "tpp/lora/pixels/seed2" in paths  # no TPP run that nothing reads
+    assert len([p for p in paths if p.endswith("/standard")]) == 3
+
+
 @pytest.mark.parametrize("changes,names", [
     ({"epochs": 3}, ["unknown keys ['epochs']"]),
     ({"datalist": "missing.json"}, ["missing.json", "'datalist'"]),
@@ -104,6 +115,8 @@ def test_plan_runs_share_tpp_pair_arms_and_subset_labels(tmp_path, labelled):
     ({"regimes": [{"name": "x", "label_fraction": 0}]}, ["regime 'x'", "label_fraction 0"]),
     ({"switches": ["nope.json"]}, ["switch 'nope.json'"]),
     ({"baseline_arm": "tpp_only"}, ["baseline_arm 'tpp_only'"]),
+    ({"arms": {"standard": {}, "tpp": {"pretext": "pixels", "seeds": [0, 7]}}}, ["arm 'tpp' 'seeds' [0, 7]", "[0, 1]"]),
+    ({"reference_seeds": [5]}, ["'reference_seeds' [5]"]),
 ])
 def test_bad_plans_name_the_file_and_the_key(tmp_path, labelled, changes, names):
     path = _write_plan(tmp_path, labelled, **changes)

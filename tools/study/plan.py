@@ -9,7 +9,7 @@ A plan (every key but ``study``, ``bundle``, ``datalist``, ``methods`` and ``arm
     stage0: {num_epochs: 50}                  # bundles whose backbone is their own: stage 0 (pretrain.json) once,
                                               # on the training images; every run then reads its backbone.pt
     datalist: ${TPP_DATALISTS}/busi.json      # environment variables expand; relative paths from the plan's folder
-    seeds: [0, 1, 2]
+    seeds: [0, 1, 2]                          # the paired seeds of every arm, unless an arm names fewer
     overrides: {head_norm: true}              # every stage of every run
     methods:                                  # name -> the bundle's ``peft`` value
       lora: {method: lora, r: 8, alpha: 16, target_modules: attention_mlp}
@@ -19,11 +19,12 @@ A plan (every key but ``study``, ``bundle``, ``datalist``, ``methods`` and ``arm
     arms:                                     # name -> how fine-tuning starts; ``pretext`` names a TPP variant
       standard: {}
       tpp: {pretext: pixels}
-      tpp_a_only: {pretext: pixels, overrides: {tpp_reset_zero_init: true}}
+      tpp_a_only: {pretext: pixels, overrides: {tpp_update_scale: 0.0}, seeds: [0, 1, 2]}  # a secondary arm: 3 seeds
     baseline_arm: standard                    # each other arm is compared with it, paired by seed
     reference_arms:                           # name -> fine-tuning overrides, no PEFT method of the plan
       linear_probe: {peft: null, freeze_backbone: true, learning_rate: 0.005}
       full_finetune: {peft: null, freeze_backbone: false, learning_rate: 0.0003}
+    reference_seeds: [0, 1, 2]                # the reference arms' seeds (default: every seed)
     regimes:                                  # fine-tuning conditions: a share of the training labels, a budget
       - {name: all_labels, label_fraction: 1.0, overrides: {num_epochs: 8}}
       - {name: labels_10, label_fraction: 0.1, overrides: {num_epochs: 8}}
@@ -49,8 +50,8 @@ __all__ = ["PlanError", "Run", "StudyPlan", "label_subset", "load_plan"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _KEYS = {"study", "bundle", "switches", "stage0", "datalist", "seeds", "overrides", "methods", "pretexts", "arms",
-         "baseline_arm", "reference_arms", "regimes", "workdir", "threads"}
-_ARM_KEYS = {"pretext", "overrides"}
+         "baseline_arm", "reference_arms", "reference_seeds", "regimes", "workdir", "threads"}
+_ARM_KEYS = {"pretext", "overrides", "seeds"}
 _REGIME_KEYS = {"name", "label_fraction", "overrides"}
 
 
@@ -98,6 +99,7 @@ class StudyPlan:
     pretexts: dict[str, dict] = field(default_factory=dict)
     baseline_arm: str = "standard"
     reference_arms: dict[str, dict] = field(default_factory=dict)
+    reference_seeds: list[int] | None = None
     regimes: list[dict] = field(default_factory=lambda: [{"name": "all_labels", "label_fraction": 1.0, "overrides": {}}])
     stage0: dict[str, Any] | None = None
     workdir: Path | None = None
@@ -121,11 +123,13 @@ class StudyPlan:
             for regime in self.regimes:
                 datalist = self._regime_datalist(regime, seed, workdir)
                 tune = {**common, **regime.get("overrides", {}), "datalist": datalist, "seed": seed}
-                for ref, values in self.reference_arms.items():
+                for ref, values in self.reference_arms.items() if seed in (self.reference_seeds or self.seeds) else ():
                     runs.append(Run("finetune", f"{regime['name']}/seed{seed}/{ref}", base,
                                     {**tune, "init": "standard", **values}, seed, ref, regime=regime["name"]))
                 for method, peft in self.methods.items():
                     for arm, spec in self.arms.items():
+                        if seed not in spec.get("seeds", self.seeds):
+                            continue
                         pretext = spec.get("pretext")
                         needs = None
                         if pretext is not None:
@@ -168,6 +172,13 @@ def label_subset(items: list[dict], fraction: float, seed: int) -> list[dict]:
     for indices in groups.values():
         keep += rng.sample(indices, max(1, round(fraction * len(indices))))
     return [items[i] for i in sorted(keep)]
+
+
+def _seed_subset(seeds: Any, every: list, where: str) -> list[int]:
+    """``seeds`` checked to be a list of the plan's seeds (an arm runs on some of the paired seeds, never others)."""
+    if not isinstance(seeds, list) or not set(seeds) <= set(every):
+        raise PlanError(f"{where} {seeds!r}; expected a list of the plan's seeds {every}.")
+    return [int(s) for s in seeds]
 
 
 def _expand(value: str, base: Path) -> Path:
@@ -214,6 +225,8 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
         if spec.get("pretext") is not None and spec["pretext"] not in pretexts:
             raise PlanError(f"{where}: arm '{name}' names pretext '{spec['pretext']}', "
                             f"not one of 'pretexts' {sorted(pretexts)}.")
+        if "seeds" in spec:
+            spec["seeds"] = _seed_subset(spec["seeds"], raw.get("seeds", [0, 1, 2]), f"{where}: arm '{name}' 'seeds'")
         arms[name] = spec
     baseline = raw.get("baseline_arm", "standard")
     if baseline not in arms:
@@ -233,6 +246,8 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
         study=str(raw["study"]), file=file, bundle=bundle, datalist=datalist, methods=dict(raw["methods"]), arms=arms,
         switches=list(raw.get("switches") or []), stage0=None if raw.get("stage0") is None else dict(raw["stage0"]),
         seeds=[int(s) for s in raw.get("seeds", [0, 1, 2])],
+        reference_seeds=None if raw.get("reference_seeds") is None else _seed_subset(
+            raw["reference_seeds"], raw.get("seeds", [0, 1, 2]), f"{where}: 'reference_seeds'"),
         overrides=dict(raw.get("overrides") or {}), pretexts={k: dict(v or {}) for k, v in pretexts.items()},
         baseline_arm=baseline, reference_arms={k: dict(v or {}) for k, v in (raw.get("reference_arms") or {}).items()},
         regimes=regimes, workdir=_expand(str(raw["workdir"]), ROOT) if raw.get("workdir") else None,
