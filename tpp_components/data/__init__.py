@@ -4,6 +4,7 @@
 the splits (:mod:`.near_duplicates`)."""
 
 from tpp_components.data.class_weights import class_weights
+from tpp_components.data.classes import check_classes, datalist_class_names
 from tpp_components.data.image_folder import image_datalist
 from tpp_components.data.mask_pairs import scan_image_mask_pairs
 from tpp_components.data.near_duplicates import near_duplicate_groups
@@ -26,7 +27,9 @@ from tpp_components.data.datalist import (
 )
 
 __all__ = [
+    "check_classes",
     "class_weights",
+    "datalist_class_names",
     "image_datalist",
     "near_duplicate_groups",
     "scan_image_mask_pairs",

@@ -20,5 +20,7 @@ def class_weights(items: Sequence[dict], num_classes: int) -> torch.Tensor:
         raise ValueError(f"labels go up to {len(counts) - 1}, but num_classes is {num_classes}.")
     empty = [i for i, c in enumerate(counts.tolist()) if c == 0]
     if empty:
-        raise ValueError(f"class(es) {empty} have no training item; cannot weight the loss.")
+        raise ValueError(f"class(es) {empty} have no training item; cannot weight the loss. num_classes is "
+                         f"{num_classes}: if the dataset has fewer classes, set --class_names (num_classes follows it), "
+                         "or --class_weighted_loss False to train without class weights.")
     return counts.sum() / (num_classes * counts)
