@@ -80,3 +80,21 @@ def test_shared_stage_overrides_do_not_drift(stage):
             keys = {k for k in reference.keys() | config.keys() if reference.get(k) != config.get(k)} - SHARED_STAGES[stage]
             drift += [f"{bundle}/configs/{stage} differs from {first}'s in {sorted(keys)} ({kind})"] if keys else []
     assert not drift, "\n".join(drift)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_every_augmentation_is_a_named_setting_that_turns_it_off(bundle):
+    """Each random augmentation's probability is a top-level setting (``--flip_prob 0`` turns flips off: they
+    mirror anatomy), and setting it to 0 reaches the transform."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "train.json"))
+    raw = parser.get("train#augmentation")
+    names = {t["prob"][1:] for t in raw}
+    assert raw and all(isinstance(t["prob"], str) and t["prob"].startswith("@") for t in raw), raw
+    assert "flip_prob" in names
+    for name in names:
+        parser[name] = 0.0
+    transforms = parser.get_parsed_content("train#augmentation")
+    assert [t.prob for t in transforms] == [0.0] * len(raw)
