@@ -92,6 +92,31 @@ def test_converter_unites_masks_reports_missing_and_keeps_empty(tmp_path: Path, 
     assert "1 with several masks" in printed and "10 empty masks" in printed and "without a mask" in printed
 
 
+def test_converter_warns_of_outline_masks_and_fills_them_on_request(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A 1-px ring (HC18's ellipse annotations) is named in a warning; ``--fill_holes True`` writes the region."""
+    root = tmp_path / "data"
+    for i in range(10):
+        _image(root / f"{i:03d}_HC.png", seed=i)
+        ring = np.zeros((30, 40), np.uint8)
+        ring[5:25, 8:32] = 255
+        ring[6:24, 9:31] = 0  # a closed outline: 1 px wide
+        Image.fromarray(ring).save(root / f"{i:03d}_HC_Annotation.png")
+    _mask(root / "010_HC_Annotation.png", (8, 5, 32, 25))  # one filled region: not named
+    _image(root / "010_HC.png", seed=10)
+    pattern = r"(?P<stem>.+)_Annotation"
+    out = prepare_pairs(str(root), str(tmp_path / "seg.json"), mask_pattern=pattern, near_duplicates=False)
+    printed = capsys.readouterr().out
+    assert "WARNING: mask" in printed and "000_HC_Annotation.png' looks like an outline" in printed
+    assert "010_HC_Annotation.png" not in printed and "--fill_holes True" in printed
+    first = next(e for s in ("training", "validation", "test") for e in json.loads(Path(out).read_text())[s])
+    assert np.asarray(Image.open(first["label"])).sum() < 100  # written as given: an outline
+    out = prepare_pairs(str(root), str(tmp_path / "filled.json"), mask_pattern=pattern, near_duplicates=False,
+                        fill_holes=True)
+    assert "looks like an outline" not in capsys.readouterr().out
+    for e in (e for s in ("training", "validation", "test") for e in json.loads(Path(out).read_text())[s]):
+        assert np.asarray(Image.open(e["label"])).sum() == 20 * 24  # every mask the filled region
+
+
 def test_converter_refuses_a_mask_of_another_size_before_writing(tmp_path: Path) -> None:
     root = _busi_like(tmp_path / "data")
     _mask(root / "malignant" / "malignant (3)_mask_1.png", (0, 0, 5, 5), size=(55, 46))

@@ -5,7 +5,9 @@ images or in a mirrored folder tree and are recognised by ``--mask_pattern`` (a 
 on the name without extension with a ``stem`` group: BUSI's ``x_mask``, ``x_mask_1`` by default).
 Every image's masks are united into one binary mask (0 background, 1 foreground), checked to
 have the image's size and written as PNG under ``--mask_output``; an image without a mask is
-reported and left out, never guessed; an empty mask is kept (all background) and counted.
+reported and left out, never guessed; an empty mask is kept (all background) and counted. A mask
+drawn as an outline (filling its holes grows it more than ``OUTLINE_GROWTH`` times, e.g. HC18's
+``_Annotation`` ellipses) gets a warning naming the file; ``--fill_holes True`` fills every mask.
 
 Example::
 
@@ -27,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpp_components.data import SPLITS, DatalistError, near_duplicate_groups, split_fractions, stratified_split, write_datalist  # noqa: E402
 from tpp_components.data.mask_pairs import DEFAULT_MASK_PATTERN, ImageMasks, scan_image_mask_pairs  # noqa: E402
+from tpp_components.data.outlines import OUTLINE_GROWTH, outline_growth  # noqa: E402
+from tpp_components.data.outlines import fill_holes as fill_mask_holes  # noqa: E402  (main has a fill_holes flag)
 from tpp_components.io import atomic_path  # noqa: E402
 
 
@@ -86,6 +90,7 @@ def main(
     near_duplicates: bool = True,
     max_distance: int = 4,
     skip_bad_pairs: bool = False,
+    fill_holes: bool = False,
     name: str | None = None,
 ) -> str:
     """Pair, unite, split and write the datalist ``{"image": ..., "label": mask, "class": folder}``.
@@ -104,6 +109,7 @@ def main(
         skip_bad_pairs: leave out (and list under ``left_out``) images whose image or masks cannot
             be read or whose masks differ in size; by default any such pair stops the conversion
             before anything is written, with every problem listed.
+        fill_holes: fill every united mask's enclosed holes (for datasets whose masks are outlines).
         name: the datalist's ``name`` (default: the folder's name).
 
     Returns:
@@ -129,8 +135,13 @@ def main(
                             f"--skip_bad_pairs True leaves them out):\n{listed}")
     classes = sorted({pair.group for pair, _ in united})
     root = Path(data_dir).expanduser().resolve()
-    items, empty, several = [], 0, 0
+    items, empty, several, outlines = [], 0, 0, []
     for pair, mask in united:
+        growth = outline_growth(mask)
+        if fill_holes:
+            mask = fill_mask_holes(mask)
+        elif growth >= OUTLINE_GROWTH:
+            outlines.append((pair.masks[0], float(mask.mean()), growth))
         path = write_mask(mask, masks_out / pair.image.relative_to(root).with_suffix(".png"))
         empty += not mask.any()
         several += len(pair.masks) > 1
@@ -158,6 +169,11 @@ def main(
           f"background); masks written to {masks_out}")
     for problem in problems:
         print(f"left out: {problem}")
+    for mask_path, share, growth in outlines[:10]:
+        print(f"WARNING: mask '{mask_path}' looks like an outline, not a filled region: {100 * share:.2f} % foreground, "
+              f"filling its holes grows it {growth:.0f}x; --fill_holes True fills the masks")
+    if len(outlines) > 10:
+        print(f"WARNING: {len(outlines)} masks look like outlines in all (the first 10 are named above)")
     if without:
         print(f"{len(without)} image(s) without a mask left out (listed under 'without_mask'): " + ", ".join(without[:5])
               + (" ..." if len(without) > 5 else ""))
