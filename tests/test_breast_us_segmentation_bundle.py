@@ -29,7 +29,7 @@ REAL_MIN_DICE = 0.3  # measured 0.462 (1 TPP + 3 fine-tuning epochs, 52 training
 
 def _mean_dice(eval_dir: Path) -> float:
     rows = list(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))
-    return float(dict(rows)["val_mean_dice"])
+    return float(dict(rows)["test_mean_dice"])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_all_stages_on_synthetic_data_learn_and_restore_geometry(demo_datalist, 
     models = {p.name for p in (tmp_path / "models").iterdir()}
     assert {"model.pt", "tpp_target_parameters.safetensors", "target_parameters.safetensors"} <= models
     assert not any(name.endswith(".tmp") for name in models)
-    per_image = list(csv.DictReader((tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()))
+    per_image = list(csv.DictReader((tmp_path / "eval" / "test_mean_dice_raw.csv").read_text().splitlines()))
     scored = [row for row in per_image if row["mean"] != "nan"]
     assert len(per_image) == 6 and len(scored) == 4  # the 2 normal images have empty masks: no Dice
     # inference: a PNG mask per image, at the image's own size, values 0/1
@@ -81,6 +81,25 @@ def test_all_stages_on_synthetic_data_learn_and_restore_geometry(demo_datalist, 
     assert Image.open(tmp_path / "pred" / f"{first.stem}_seg.png").size == Image.open(first).size
     # the zoo's TorchScript export of the merged model gives the checkpoint's outputs
     check_export(BUNDLE, ["inference.json"], tmp_path / "models" / "model.pt", [2, 3, 64, 64], atol=1e-4)
+
+
+@needs_weights
+def test_evaluation_scores_each_image_at_its_own_resolution(tmp_path):
+    """The test Dice is computed at each image's own size (the prediction resized back, the mask as drawn), with
+    the network-size Dice beside it; both per image with the file name."""
+    data = make_demo_dataset(tmp_path / "data", num_per_class=4, image_size=96, seed=1, masks=True)
+    datalist = prepare_pairs(str(data), str(tmp_path / "datalist.json"), near_duplicates=False)
+    common = {"datalist": datalist, "ckpt_dir": str(tmp_path / "models"), "num_epochs": 1, "init": "standard"}
+    run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs"), **common)
+    wf = run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
+    rows = dict(csv.reader((tmp_path / "eval" / "metrics.csv").read_text().splitlines()))
+    assert {"test_mean_dice", "test_mean_dice_network_size"} <= set(rows)
+    out = wf.parser.get_parsed_content("validate#evaluator").state.output[0]
+    assert out["pred_native"].shape[-2:] == out["label"].shape[-2:] == (96, 96)  # scored at the image's size
+    assert out["pred"].shape[-2:] == out["label_network"].shape[-2:] == (64, 64)
+    for name in ("test_mean_dice", "test_mean_dice_network_size"):
+        per_image = list(csv.DictReader((tmp_path / "eval" / f"{name}_raw.csv").read_text().splitlines()))
+        assert len(per_image) == len(load_datalist(datalist)["test"]) and all("_mask" not in r["filename"] for r in per_image)
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ VOXEL_MM = (1.5, 1.5, 2.5)
 
 def _mean_dice(eval_dir: Path) -> float:
     rows = list(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))
-    return float(dict(rows)["val_mean_dice"])
+    return float(dict(rows)["test_mean_dice"])
 
 
 def _all_background_dice(entries: list[dict]) -> float:
@@ -156,7 +156,7 @@ def test_all_stages_on_synthetic_volumes_learn_and_restore_geometry(volume_datal
     assert dice > SYNTHETIC_MIN_DICE, f"synthetic test Dice {dice:.3f} (all-background: 0)"
     models = {p.name for p in (tmp_path / "models").iterdir()}
     assert {"model.pt", "tpp_target_parameters.safetensors", "target_parameters.safetensors"} <= models
-    per_image = list(csv.DictReader((tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()))
+    per_image = list(csv.DictReader((tmp_path / "eval" / "test_mean_dice_raw.csv").read_text().splitlines()))
     empty = [e for e in test if not np.load(e["label"]).any()]
     assert len(per_image) == len(test) and sum(row["mean"] == "nan" for row in per_image) == len(empty) > 0  # no tumour: no Dice
 

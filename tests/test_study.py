@@ -291,7 +291,7 @@ def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
     assert result["status"] == "complete" and len(result["runs"]) == 3
     for arm in ("standard", "tpp"):
         eval_dir = tmp_path / "study" / "half" / "seed0" / "lora" / arm / "eval"
-        dice = float(dict(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))["val_mean_dice"])
+        dice = float(dict(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))["test_mean_dice"])
         assert result["summary"]["regimes"]["half"]["arms"][f"lora/{arm}"]["mean_dice"] == [pytest.approx(dice)]
     half = json.loads(Path(result["runs"][0]["overrides"]["datalist"]).read_text())  # the standard arm: first
     assert len(half["training"]) == round(0.5 * len(json.loads(Path(datalist).read_text())["training"]))

@@ -17,8 +17,8 @@ def read_test_metrics(eval_dir: str | Path) -> tuple[str, dict[str, float]]:
     """``(task, metrics)`` of the evaluation written to ``eval_dir``.
 
     Classification: ``classification_report.json`` (accuracy, balanced accuracy, macro AUC). Segmentation:
-    MONAI's ``MetricsSaver`` summary ``metrics.csv`` ("name,value" lines; mean Dice, and HD95 where the bundle
-    computes it).
+    MONAI's ``MetricsSaver`` summary ``metrics.csv`` ("name,value" lines; mean Dice at the images' own resolution,
+    at the network's input size where the bundle scores both, and HD95 where it computes it).
     """
     eval_dir = Path(eval_dir)
     report = eval_dir / "classification_report.json"
@@ -30,5 +30,12 @@ def read_test_metrics(eval_dir: str | Path) -> tuple[str, dict[str, float]]:
         raise FileNotFoundError(f"'{eval_dir}' holds neither classification_report.json nor metrics.csv: no evaluation.")
     with open(summary) as f:
         rows = dict(csv.reader(f))
-    names = {"val_mean_dice": "mean_dice", "val_hd95": "hd95"}
-    return "segmentation", {ours: float(rows[theirs]) for theirs, ours in names.items() if theirs in rows}
+    # the 2D bundles score the test split at each image's own resolution (test_*) and at the network's size; the 3D
+    # bundles' evaluation keeps MONAI's validation names
+    names = {"test_mean_dice": "mean_dice", "val_mean_dice": "mean_dice", "test_mean_dice_network_size": "mean_dice_network_size",
+             "test_hd95": "hd95", "val_hd95": "hd95"}
+    metrics: dict[str, float] = {}
+    for theirs, ours in names.items():
+        if theirs in rows and ours not in metrics:
+            metrics[ours] = float(rows[theirs])
+    return "segmentation", metrics
