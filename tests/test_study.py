@@ -235,6 +235,14 @@ def test_report_pairs_arms_counts_wins_checks_references_and_convergence(tmp_pat
     assert "full fine-tuning is below the linear probe" in text  # the reference arms do not make sense here
     assert summary["regimes"]["all"]["convergence"]["lora/tpp - lora/standard"] == [(0, 3, 2), (1, 3, 2), (2, 3, 2)]
     assert summary["pretext"]["lora/pixels"] == {"first": 0.9, "last": 0.8, "seeds": 1}
+    # the figures: curves per regime and the forest plot, as PNG files
+    from PIL import Image
+
+    from tools.study.plots import plot_study
+
+    written = plot_study(records, summary, ["all"], tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["curves_all.png", "forest.png"]
+    assert all(Image.open(p).format == "PNG" and Image.open(p).size[0] > 500 for p in written)
 
 
 # ---------------------------------------------------------------------------------------------- starting from TPP

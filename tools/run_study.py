@@ -2,8 +2,9 @@
 
 Every run is a real ``python -m monai.bundle run`` of the bundle's configs (``tools/study/plan.py`` documents
 the plan's keys); a finished run is never run again, so a study is run in chunks: give ``--max_hours`` and
-rerun the same command until it says the study is complete. Each chunk rewrites ``results.json`` and
-``results.md`` in the study's folder from every run finished so far. Usage, from the repository root::
+rerun the same command until it says the study is complete. Each chunk rewrites ``results.json``,
+``results.md`` and the figures (``curves_<regime>.png``, ``forest.png``) in the study's folder from every run
+finished so far. Usage, from the repository root::
 
     python tools/run_study.py studies/busi_litemedsam.yaml --max_hours 2
     python tools/run_study.py studies/busi_litemedsam.yaml --dry_run      # the runs, without running them
@@ -21,6 +22,7 @@ import fire
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from tools.study.plan import PlanError, load_plan  # noqa: E402
+from tools.study.plots import plot_study  # noqa: E402
 from tools.study.report import summarise  # noqa: E402
 from tools.study.runner import run_study, study_workdir  # noqa: E402
 from tpp_components.io import atomic_write_text  # noqa: E402
@@ -52,6 +54,7 @@ def main(plan: str, workdir: str | None = None, max_hours: float | None = None, 
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(work / "results.json", json.dumps({"status": status, "summary": summary, "runs": records}, indent=4))
     atomic_write_text(work / "results.md", text + f"\n\nStatus: {status}.\n")
+    plot_study(records, summary, [r["name"] for r in study.regimes], work)
     print(text + f"\n\nStatus: {status}. Report: {work / 'results.md'}")
     return left
 
