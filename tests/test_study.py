@@ -304,7 +304,11 @@ def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
     half = json.loads(Path(result["runs"][0]["overrides"]["datalist"]).read_text())  # the standard arm: first
     assert len(half["training"]) == round(0.5 * len(json.loads(Path(datalist).read_text())["training"]))
     assert "| lora/tpp - lora/standard | 1 |" in (tmp_path / "study" / "results.md").read_text()
-    assert run_study_cli(str(plan)) == 0  # resumed: everything finished, nothing runs again
+    # resumed: everything finished, nothing runs again; published: report, figures, plan and versions
+    assert run_study_cli(str(plan), publish=str(tmp_path / "docs")) == 0
+    published = sorted(p.name for p in (tmp_path / "docs").iterdir())
+    assert published == ["curves_half.png", "environment.json", "forest.png", "plan.yaml", "results.json", "results.md"]
+    assert json.loads((tmp_path / "docs" / "environment.json").read_text())["torch"] == torch.__version__
 
 
 def test_cli_names_a_bad_plan_in_one_line(tmp_path, labelled):

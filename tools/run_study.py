@@ -14,6 +14,9 @@ finished so far. Usage, from the repository root::
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from tpp_components.io import atomic_write_text  # noqa: E402
 
 
 def main(plan: str, workdir: str | None = None, max_hours: float | None = None, dry_run: bool = False,
-         report_only: bool = False, workers: int = 1) -> int:
+         report_only: bool = False, workers: int = 1, publish: str | None = None) -> int:
     """Run what is left of the study in ``plan`` (at most ``max_hours`` of new runs), then write its report.
 
     Args:
@@ -39,6 +42,8 @@ def main(plan: str, workdir: str | None = None, max_hours: float | None = None, 
         dry_run: list the runs left and stop.
         report_only: write the report from the finished runs without running anything.
         workers: runs at once, sharing the plan's ``threads`` (for larger machines: on 2 cores one run is faster).
+        publish: a folder (e.g. ``docs/study/<study>``) to copy the report, the figures, the plan and the
+            machine's library versions into: what is committed, while the runs stay under ``runs/``.
 
     Returns:
         the number of runs left (0: the study is complete).
@@ -56,7 +61,30 @@ def main(plan: str, workdir: str | None = None, max_hours: float | None = None, 
     atomic_write_text(work / "results.md", text + f"\n\nStatus: {status}.\n")
     plot_study(records, summary, [r["name"] for r in study.regimes], work)
     print(text + f"\n\nStatus: {status}. Report: {work / 'results.md'}")
+    if publish:
+        _publish(study.file, work, Path(publish))
     return left
+
+
+def _environment() -> dict:
+    """The library versions and the machine the runs were made on (recorded when a study is published)."""
+    import monai
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+            "cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def _publish(plan: Path, work: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ["results.md", "results.json", *sorted(p.name for p in work.glob("*.png"))]:
+        shutil.copyfile(work / name, folder / name)
+    shutil.copyfile(plan, folder / plan.name)
+    atomic_write_text(folder / "environment.json", json.dumps(_environment(), indent=4))
+    print(f"published to {folder}")
 
 
 if __name__ == "__main__":
