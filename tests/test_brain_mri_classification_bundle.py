@@ -107,16 +107,27 @@ def _copy_test_images(datalist: str, folder: Path, count: int) -> list[str]:
     return names
 
 
-def _predictions(folder: Path) -> dict[str, list[float]]:
-    """``predictions.csv`` of MONAI's ClassificationSaver: file name, then one probability per class."""
-    rows = list(csv.reader((folder / "predictions.csv").read_text().strip().splitlines()))
-    return {Path(row[0]).name: [float(v) for v in row[1:]] for row in rows}
+def _predictions(folder: Path, filename: str = "predictions.csv") -> dict[str, list[float]]:
+    """A predictions CSV of ``ClassPredictionsSaver`` by image name: the class probabilities in label order.
+
+    Checks the header (``image``, ``predicted_class``, ``p_<class>`` for the four classes) and that the
+    predicted class is the most probable one.
+    """
+    with open(folder / filename, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames[:6] == ["image", "predicted_class", *(f"p_{c}" for c in CLASS_NAMES)], reader.fieldnames
+        rows = list(reader)
+    probs = {Path(row["image"]).name: [float(row[f"p_{c}"]) for c in CLASS_NAMES] for row in rows}
+    for row in rows:
+        p = probs[Path(row["image"]).name]
+        assert row["predicted_class"] == CLASS_NAMES[p.index(max(p))], row
+    return probs
 
 
 def test_converter_classes_metadata_and_inference_agree_with_train(demo_datalist):
     """The converter's label order (sorted folders), metadata's channel_def and inference.json are train.json's."""
     train, infer = _parser(TRAIN), _parser(["inference.json"])
-    assert tuple(train["class_names"]) == CLASS_NAMES and train["num_classes"] == 4
+    assert tuple(train.get_parsed_content("class_names")) == CLASS_NAMES and train.get_parsed_content("num_classes") == 4
     assert load_datalist(demo_datalist)["labels"] == {str(i): c for i, c in enumerate(CLASS_NAMES)}
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {str(i): c for i, c in enumerate(CLASS_NAMES)}
@@ -174,6 +185,10 @@ def test_every_stage_one_epoch_on_synthetic_data(demo_datalist, tmp_path):
         read_manifest(models / "target_parameters.safetensors")["backbone"]["fingerprint"]
     report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
     assert set(report["per_class"]) == set(CLASS_NAMES) and report["num_samples"] == len(load_datalist(demo_datalist)["test"])
+    # evaluation writes its own file beside the report; the confusion matrix counts every test image
+    assert len(_predictions(tmp_path / "eval", "test_predictions.csv")) == report["num_samples"]
+    assert sum(map(sum, report["confusion_matrix"]["counts"])) == report["num_samples"]
+    assert report["confusion_matrix"]["class_names"] == list(CLASS_NAMES)
     # inference: one row per image, four class probabilities summing to 1
     predictions = _predictions(tmp_path / "pred")
     assert sorted(predictions) == sorted(names)

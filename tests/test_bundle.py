@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _pipeline(tmp: Path, datalist: str, peft: dict | None = None) -> dict:
     run(PRETRAIN, output_dir=str(tmp / "logs" / "pretrain"), **pre)
     tpp = run(TPP, output_dir=str(tmp / "logs" / "tpp"), **common)
     train = run(TRAIN, output_dir=str(tmp / "logs" / "train"), init="tpp", **common)
-    run(EVALUATE, output_dir=str(tmp / "eval"), **common)
+    evaluate = run(EVALUATE, output_dir=str(tmp / "eval"), **common)
     images = tmp / "images"
     images.mkdir()
     for item in load_datalist(datalist)["test"][:3]:
@@ -57,19 +58,43 @@ def _pipeline(tmp: Path, datalist: str, peft: dict | None = None) -> dict:
     if peft is not None:
         infer_overrides["peft"] = peft
     run(["inference.json"], workflow_type="infer", **infer_overrides)
-    return {"tpp": tpp, "train": train}
+    return {"tpp": tpp, "train": train, "evaluate": evaluate}
 
 
-def _check_outputs(tmp: Path, num_images: int = 3) -> None:
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a predictions CSV."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _check_outputs(tmp: Path, datalist: str, num_images: int = 3) -> None:
     models = tmp / "models"
     for name in ("backbone.pt", "tpp_target_parameters.safetensors", "tpp_target_parameters.json",
                  "model.pt", "target_parameters.safetensors", "target_parameters.json"):
         assert (models / name).is_file(), name
+    classes = ["normal", "benign", "malignant"]
     report = json.loads((tmp / "eval" / "classification_report.json").read_text())
-    assert set(report["per_class"]) == {"normal", "benign", "malignant"}
+    assert set(report["per_class"]) == set(classes)
     assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["macro_auc"] <= 1.0
-    rows = (tmp / "pred" / "predictions.csv").read_text().strip().splitlines()
-    assert len(rows) == num_images and all(len(r.split(",")) == 4 for r in rows)
+    # inference: its own file, a header, the predicted class by name, the argmax of the probabilities
+    header, rows = _csv_rows(tmp / "pred" / "predictions.csv")
+    assert header == ["image", "predicted_class", "p_normal", "p_benign", "p_malignant"] and len(rows) == num_images
+    for row in rows:
+        probs = [float(row[f"p_{c}"]) for c in classes]
+        assert abs(sum(probs) - 1) < 1e-4 and row["predicted_class"] == classes[probs.index(max(probs))]
+    # evaluation: test_predictions.csv beside the report, one row per test image, and the confusion matrix agrees
+    test = load_datalist(datalist)["test"]
+    header, rows = _csv_rows(tmp / "eval" / "test_predictions.csv")
+    assert header == ["image", "predicted_class", "p_normal", "p_benign", "p_malignant", "true_class"]
+    assert sorted(r["image"] for r in rows) == sorted(item["image"] for item in test)
+    assert not (tmp / "eval" / "predictions.csv").exists()
+    truth = {item["image"]: classes[item["label"]] for item in test}
+    assert all(r["true_class"] == truth[r["image"]] for r in rows)
+    counts = report["confusion_matrix"]["counts"]
+    assert sum(map(sum, counts)) == len(test) == report["num_samples"]
+    assert counts == [[sum(r["true_class"] == t and r["predicted_class"] == p for r in rows) for p in classes] for t in classes]
+    assert (tmp / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     # TPP and fine-tuning saw the same frozen backbone
     assert read_manifest(models / "tpp_target_parameters.safetensors")["backbone"]["fingerprint"] == \
         read_manifest(models / "target_parameters.safetensors")["backbone"]["fingerprint"]
@@ -87,8 +112,14 @@ def _strict_load_into_network_def(tmp: Path, peft: dict | None) -> torch.nn.Modu
 
 
 def test_pipeline_lora_on_synthetic_data(demo_datalist, tmp_path):
-    _pipeline(tmp_path, demo_datalist)
-    _check_outputs(tmp_path)
+    workflows = _pipeline(tmp_path, demo_datalist)
+    _check_outputs(tmp_path, demo_datalist)
+    # evaluation speaks of test metrics: no key metric to improve on ("new best metric"), the report's as test_*
+    evaluator = workflows["evaluate"].parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.key_metric_name is None
+    assert sorted(evaluator.state.metrics) == ["test_accuracy", "test_balanced_accuracy", "test_macro_auc"]
+    report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
+    assert evaluator.state.metrics["test_macro_auc"] == report["macro_auc"]
     net = _strict_load_into_network_def(tmp_path, None)
     assert type(net).__name__ == "ViTClassifier"  # merged: plain network, no LoRA module left
     assert not any("lora" in k for k in net.state_dict())
@@ -107,7 +138,7 @@ def test_pipeline_lora_on_synthetic_data(demo_datalist, tmp_path):
 def test_pipeline_adapter_saves_rebuildable_model(demo_datalist, tmp_path):
     peft = {"method": "adapter", "bottleneck": 8}
     _pipeline(tmp_path, demo_datalist, peft)
-    _check_outputs(tmp_path)
+    _check_outputs(tmp_path, demo_datalist)
     net = _strict_load_into_network_def(tmp_path, peft)
     assert any(".adapter." in k for k in net.state_dict())
 
@@ -158,7 +189,7 @@ def test_pipeline_on_real_busi(tmp_path):
                         for s, n in (("training", 8), ("validation", 3), ("test", 3))}}
     datalist = str(write_datalist(small, tmp_path / "busi_small.json"))
     _pipeline(tmp_path / "run", datalist)
-    _check_outputs(tmp_path / "run")
+    _check_outputs(tmp_path / "run", datalist)
 
 
 def test_stage0_keeps_the_best_epochs_backbone_and_decoder(demo_datalist, tmp_path):
@@ -220,19 +251,31 @@ def test_inference_network_and_peft_equal_train():
     assert train["preprocessing"] == infer["preprocessing"]["transforms"]
 
 
-def test_inference_reads_upper_case_extensions_and_refuses_an_empty_folder(demo_datalist, tmp_path):
+def test_inference_reads_class_folders_keeps_an_earlier_file_and_refuses_an_empty_folder(demo_datalist, tmp_path):
     from tpp_components.data import DatalistError
 
     common = stage_overrides(tmp_path, demo_datalist)
     run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
     run(TRAIN, output_dir=str(tmp_path / "train"), init="standard", **common)
     images = tmp_path / "images"
-    images.mkdir()
-    for i, item in enumerate(load_datalist(demo_datalist)["test"][:2]):
-        (images / f"case {i}.{'PNG' if i else 'Jpg'}").write_bytes(Path(item["image"]).read_bytes())
-    (images / "case 0_mask.png").write_bytes(Path(item["image"]).read_bytes())  # masks beside images are skipped
-    run(["inference.json"], workflow_type="infer", input_dir=str(images), output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models"))
-    assert len((tmp_path / "pred" / "predictions.csv").read_text().strip().splitlines()) == 2
+    test = load_datalist(demo_datalist)["test"]
+    # a folder of class folders (the converters' layout), upper-case extensions, an image at the top level too
+    written = [images / "normal" / "case 0.Jpg", images / "benign" / "deeper" / "case 1.PNG", images / "case 2.png"]
+    for path, item in zip(written, test):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(Path(item["image"]).read_bytes())
+    for mask in ("normal/case 0_mask.png", "normal/case 0_mask_1.png", "benign/case 1_Annotation.png"):  # masks: skipped
+        (images / mask).write_bytes(Path(test[0]["image"]).read_bytes())
+    infer = {"workflow_type": "infer", "output_dir": str(tmp_path / "pred"), "ckpt_dir": str(tmp_path / "models")}
+    run(["inference.json"], input_dir=str(images), **infer)
+    header, rows = _csv_rows(tmp_path / "pred" / "predictions.csv")
+    assert header[:2] == ["image", "predicted_class"] and sorted(r["image"] for r in rows) == sorted(map(str, written))
+    first = (tmp_path / "pred" / "predictions.csv").read_text()
+    # a second run into the same folder keeps the first run's file under a stamped name
+    run(["inference.json"], input_dir=str(images / "normal"), **infer)
+    assert [r["image"] for r in _csv_rows(tmp_path / "pred" / "predictions.csv")[1]] == [str(written[0])]
+    kept = list((tmp_path / "pred").glob("predictions.*.csv"))
+    assert len(kept) == 1 and kept[0].read_text() == first
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RuntimeError) as err:

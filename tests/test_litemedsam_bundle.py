@@ -65,7 +65,9 @@ def test_switch_runs_tpp_train_evaluate_and_inference(small_demo_datalist, tmp_p
     assert tpp_manifest["config"]["target_modules"] == "attention_mlp"
     report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
     assert report["num_samples"] == len(load_datalist(small_demo_datalist)["test"])
-    assert len((tmp_path / "pred" / "predictions.csv").read_text().strip().splitlines()) == 3
+    assert len((tmp_path / "pred" / "predictions.csv").read_text().strip().splitlines()) == 1 + 3  # header + 3 images
+    header = (tmp_path / "eval" / "test_predictions.csv").read_text().splitlines()[0]
+    assert header == "image,predicted_class,p_normal,p_benign,p_malignant,true_class"
 
     # the merged model loads strictly into the inference definition with the switch
     net = _network_def(INFER, image_size=32)

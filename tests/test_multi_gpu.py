@@ -85,7 +85,9 @@ def small_network(root: Path) -> dict:
 
 def _unread_datalist(bundle: str, path: Path) -> str:
     """A datalist naming files that are never read (datasets without caching, no startup checks)."""
-    num_classes = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())["num_classes"]
+    config = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+    # classification bundles read their classes from the datalist, defaulting to default_class_names
+    num_classes = len(config["default_class_names"]) if "default_class_names" in config else config["num_classes"]
     classification = bundle.endswith("classification")
 
     def entry(i: int) -> dict:

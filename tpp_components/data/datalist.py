@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral
@@ -20,14 +21,19 @@ from typing import Any
 from tpp_components.io import atomic_write_text
 
 __all__ = [
-    "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "SPLITS", "DatalistError", "build_datalist", "find_class_names", "is_mask_file",
-    "load_datalist", "scan_class_folders", "split_fractions", "stratified_split", "validate_datalist", "write_datalist",
+    "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "MASK_FILE_PATTERN", "SPLITS", "DatalistError", "build_datalist",
+    "find_class_names", "is_mask_file", "load_datalist", "scan_class_folders", "split_fractions", "stratified_split",
+    "validate_datalist", "write_datalist",
 ]
 
 #: BUSI class names; the label index of a class is its position.
 CLASS_NAMES_BUSI: tuple[str, ...] = ("normal", "benign", "malignant")
 #: file name endings accepted as images by :func:`scan_class_folders`.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: names (without extension) of segmentation masks stored beside their images, matched whole and in any case:
+#: BUSI's ``x_mask`` and ``x_mask_1`` (a second lesion), HC18's ``x_Annotation``. The group ``stem`` is the
+#: image's name, so the same pattern pairs masks with images (:func:`~tpp_components.data.scan_image_mask_pairs`).
+MASK_FILE_PATTERN: str = r"(?i)(?P<stem>.+)_(?:mask|annotation)(?:_\d+)?"
 #: split keys every datalist must have, in order.
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
 
@@ -50,10 +56,15 @@ def _strip_extension(name: str) -> str:
     return Path(name).stem
 
 
-def is_mask_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a segmentation mask stored beside its image (BUSI: ``x_mask.png``, ``x_mask_1.png``)."""
-    stem = _strip_extension(Path(path).name).lower()
-    return stem.endswith("_mask") or "_mask_" in stem
+def is_mask_file(path: str | os.PathLike, pattern: str = MASK_FILE_PATTERN) -> bool:
+    """Whether ``path`` is a segmentation mask stored beside its image.
+
+    Args:
+        path: a file; only its name counts.
+        pattern: regular expression matched against the whole name without extension (default
+            :data:`MASK_FILE_PATTERN`: ``x_mask.png``, ``x_mask_1.png``, ``x_Annotation.png``).
+    """
+    return re.fullmatch(pattern, _strip_extension(Path(path).name)) is not None
 
 
 

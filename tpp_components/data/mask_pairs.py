@@ -13,12 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp_components.data.datalist import IMAGE_EXTENSIONS, DatalistError, _strip_extension
+from tpp_components.data.datalist import IMAGE_EXTENSIONS, MASK_FILE_PATTERN, DatalistError, _strip_extension
 
 __all__ = ["DEFAULT_MASK_PATTERN", "ImageMasks", "scan_image_mask_pairs"]
 
-#: BUSI's naming: ``<stem>_mask``, ``<stem>_mask_1``, ...
-DEFAULT_MASK_PATTERN = r"(?P<stem>.+)_mask(_\d+)?"
+#: the masks every reader of the datalists skips (:data:`~tpp_components.data.datalist.MASK_FILE_PATTERN`): BUSI's
+#: ``<stem>_mask``, ``<stem>_mask_1``, ..., HC18's ``<stem>_Annotation``, in any case
+DEFAULT_MASK_PATTERN = MASK_FILE_PATTERN
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Ignite handlers and checkpoint state views used by the bundle configs."""
 
 from tpp_components.handlers.checkpoints import AtomicCheckpointSaver, AtomicDiskSaver, latest_checkpoint, resume_checkpoint
+from tpp_components.handlers.class_predictions import ClassPredictionsSaver
 from tpp_components.handlers.classification_report import ClassificationReport, classification_metrics
 from tpp_components.handlers.curves import CurvesPlotter
 from tpp_components.handlers.head_norm import HeadNormStatistics

@@ -1,4 +1,4 @@
-"""Ignite handler: accuracy, balanced accuracy, macro AUC and a per-class table for an evaluation run."""
+"""Ignite handler: accuracy, balanced accuracy, macro AUC, a per-class table and the confusion matrix of an evaluation run."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from monai.handlers import from_engine
 from monai.metrics import compute_roc_auc
 from monai.utils import evenly_divisible_all_gather
 
+from tpp_components.handlers.confusion_matrix import (
+    confusion_matrix,
+    confusion_matrix_record,
+    format_confusion_matrix,
+    plot_confusion_matrix,
+)
 from tpp_components.io import atomic_write_text
 
 __all__ = ["ClassificationReport", "classification_metrics"]
@@ -24,8 +30,10 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_name
     """Metrics of class probabilities ``(N, C)`` against integer labels ``(N,)``.
 
     Returns:
-        ``accuracy``, ``balanced_accuracy``, ``macro_auc``, ``majority_rate`` and ``per_class``
-        (precision, recall, F1, one-vs-rest AUC, support for each class).
+        ``accuracy``, ``balanced_accuracy``, ``macro_auc``, ``majority_rate``, ``num_samples``, ``per_class``
+        (precision, recall, F1, one-vs-rest AUC, support for each class) and ``confusion_matrix``
+        (:func:`~tpp_components.handlers.confusion_matrix.confusion_matrix_record`: counts, rows true,
+        columns predicted, with the class names).
     """
     num_classes = len(class_names)
     if probs.ndim != 2 or probs.shape[1] != num_classes:
@@ -53,6 +61,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_name
         "majority_rate": float(counts.max()) / float(counts.sum()),
         "num_samples": int(len(labels)),
         "per_class": per_class,
+        "confusion_matrix": confusion_matrix_record(confusion_matrix(pred, labels, num_classes), class_names),
     }
 
 
@@ -72,14 +81,19 @@ class ClassificationReport:
     """Collect predictions over an evaluation run and report the classification metrics.
 
     Attach before ``StatsHandler``: the scalars are put into ``engine.state.metrics``
-    (``accuracy``, ``balanced_accuracy``, ``macro_auc``) so later handlers can log them.
+    (``accuracy``, ``balanced_accuracy``, ``macro_auc``, each after ``metric_prefix``) so later
+    handlers can log them.
 
     Args:
         class_names: names by label index.
-        output_dir: if given, ``classification_report.json`` is written there (atomically).
+        output_dir: if given, ``classification_report.json`` and ``confusion_matrix.png`` (counts, rows
+            true class, columns predicted) are written there, atomically.
         output_transform: maps ``engine.state.output`` to ``(probs, labels)`` lists or tensors;
             ``pred`` holds class probabilities (or logits, softmax is applied when rows do not sum
             to one) and ``label`` an index or a one-hot vector.
+        metric_prefix: put before the names in ``engine.state.metrics`` (and so in the logs and in
+            tracking): ``"test_"`` makes an evaluation log ``test_macro_auc``. The JSON report's keys
+            never change.
 
     In a multi-process run (``DistributedSampler``) every rank must attach it: the predictions of all
     ranks are gathered (MONAI's ``evenly_divisible_all_gather``, as its metrics do) and only rank 0
@@ -91,10 +105,12 @@ class ClassificationReport:
         class_names: Sequence[str],
         output_dir: str | os.PathLike | None = None,
         output_transform: Callable = from_engine(["pred", "label"]),
+        metric_prefix: str = "",
     ) -> None:
         self.class_names = list(class_names)
         self.output_dir = output_dir
         self.output_transform = output_transform
+        self.metric_prefix = metric_prefix
         self.logger = logging.getLogger(__name__)
         self.report: dict | None = None
 
@@ -121,10 +137,16 @@ class ClassificationReport:
             probs = probs.softmax(1)
         self.report = classification_metrics(probs, labels, self.class_names)
         for key in ("accuracy", "balanced_accuracy", "macro_auc"):
-            engine.state.metrics[key] = self.report[key]
+            engine.state.metrics[self.metric_prefix + key] = self.report[key]
         if idist.get_rank() > 0:
             return
-        self.logger.info("classification report (epoch %d):\n%s", engine.state.epoch, format_table(self.report))
+        matrix = torch.tensor(self.report["confusion_matrix"]["counts"])
+        title = f"{self.metric_prefix.strip('_')} classification report" if self.metric_prefix else \
+            f"classification report (epoch {engine.state.epoch})"
+        self.logger.info("%s:\n%s\nconfusion matrix (rows true, columns predicted):\n%s",
+                         title, format_table(self.report), format_confusion_matrix(matrix, self.class_names))
         if self.output_dir is not None:
             path = Path(self.output_dir) / "classification_report.json"
             atomic_write_text(path, json.dumps(self.report, indent=4))
+            plot_confusion_matrix(matrix, self.class_names, Path(self.output_dir) / "confusion_matrix.png",
+                                  f"{self.metric_prefix.strip('_')} confusion matrix".strip())
