@@ -44,6 +44,14 @@ def run(configs: list[str], **overrides) -> ConfigWorkflow:
     return wf
 
 
+def evaluation_ckpt_dir(tmp: Path) -> dict:
+    """``ckpt_dir`` holding an empty ``model.pt``: evaluation refuses to start without the fine-tuned model
+    (``startup_checks#model``), and building the stage to check its properties never loads it."""
+    (tmp / "models").mkdir(exist_ok=True)
+    (tmp / "models" / "model.pt").touch()
+    return {"ckpt_dir": str(tmp / "models")}
+
+
 def stage_overrides(tmp: Path, datalist: str, **extra) -> dict:
     """Small, fast settings shared by the end-to-end tests."""
     return {"datalist": datalist, "ckpt_dir": str(tmp / "models"), "num_epochs": 1, **extra}

@@ -24,7 +24,7 @@ from bundle_utils import EVALUATE, TPP, TRAIN, workflow
 from conftest import ROOT
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
-from tpp_components.bundle_checks import ConfigOverrideError, OutputFolderError, check_cli_overrides
+from tpp_components.bundle_checks import ConfigOverrideError, InputFileError, OutputFolderError, check_cli_overrides
 from tpp_components.data import DatalistError, load_datalist
 from tpp_components.networks.weights import WeightsError
 from tpp_components.peft import TargetParameterError
@@ -356,6 +356,24 @@ def test_segmentation_label_values_outside_the_classes(bundle, values, expected,
     path = save_datalist(tmp_path / "dl.json", [pair])
     refused(bundle, TRAIN, DatalistError, ["training[0] 'label'", pair["label"], expected, "outside the classes"], written,
             datalist=path)
+
+
+# ---------------------------------------------------------------- checkpoints an earlier stage writes
+
+@pytest.mark.parametrize("bundle", [CLS, BUNDLES / "brain_mri_classification", SEG2D, LUNG, SPLEEN, BRAIN], ids=lambda b: b.name)
+def test_evaluation_without_model_pt_names_ckpt_dir_before_reading_data(bundle, demo, tmp_path):
+    """Evaluation of a ckpt_dir without ``model.pt`` stops before any image is read or cached (a test image is
+    missing too, and the model is what the error names), and says where the file comes from."""
+    datalist = load_datalist(demo)
+    datalist["test"][0]["image"] = str(tmp_path / "gone.png")
+    path = save_datalist(tmp_path / "dl.json", datalist["training"], datalist["validation"], datalist["test"])
+    models = tmp_path / "runs" / "models"
+    with pytest.raises(Exception) as info:
+        workflow(EVALUATE, bundle=bundle, datalist=path, ckpt_dir=str(models), output_dir=str(tmp_path / "eval"))
+    cause = root_error(info.value)
+    first = str(cause).splitlines()[0]
+    assert isinstance(cause, InputFileError), f"{type(cause).__name__}: {cause}"
+    assert f"ckpt_dir: '{models / 'model.pt'}' not found" in first and "--ckpt_dir" in first, first
 
 
 # ---------------------------------------------------------------- weights and target parameters

@@ -16,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from bundle_utils import check_export, run, workflow
+from bundle_utils import check_export, evaluation_ckpt_dir, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.prepare_class_folders import main as prepare_class_folders
 from tpp_components.data import load_datalist, write_datalist
@@ -164,6 +164,8 @@ def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
     if SWITCH in configs:
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True)  # no weights needed for properties
+    if "evaluate.json" in configs:
+        overrides.update(evaluation_ckpt_dir(tmp_path))
     assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_utils import run, workflow
+from bundle_utils import evaluation_ckpt_dir, run, workflow
 from conftest import ROOT, require_data
 from tools.prepare_patient_folders import main as prepare_patients
 from tpp_components.data import DatalistError, load_datalist, write_datalist
@@ -109,8 +109,11 @@ def _overrides(configs: list[str], datalist: str, workflow_type: str = "train") 
     (["train.json", SWIN_SSL, "tpp.json"], "train"), (["train.json", SWIN_SSL], "train"),
     (["train.json", SWIN_SSL, "evaluate.json"], "train"), (["inference.json", SWIN_SSL], "infer"),
 ])
-def test_check_properties(configs, workflow_type, synthetic_datalist):
-    wf = workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **_overrides(configs, synthetic_datalist, workflow_type))
+def test_check_properties(configs, workflow_type, synthetic_datalist, tmp_path):
+    overrides = _overrides(configs, synthetic_datalist, workflow_type)
+    if "evaluate.json" in configs:
+        overrides.update(evaluation_ckpt_dir(tmp_path))
+    wf = workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides)
     assert not wf.check_properties()
 
 

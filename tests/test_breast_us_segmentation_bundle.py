@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_utils import check_export, run, workflow
+from bundle_utils import check_export, evaluation_ckpt_dir, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_image_mask_pairs import main as prepare_pairs
@@ -45,6 +45,8 @@ def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
     overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(Path(demo_datalist).parent / "data" / "benign")}
     if configs != ["inference.json"]:
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True)
+    if "evaluate.json" in configs:
+        overrides.update(evaluation_ckpt_dir(tmp_path))
     assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
 
 
@@ -133,10 +135,12 @@ UNETR = "unetr.json"
     (["train.json", UNETR, "pretrain.json"], "train"), (["train.json", UNETR, "tpp.json"], "train"),
     (["train.json", UNETR], "train"), (["train.json", UNETR, "evaluate.json"], "train"), (["inference.json", UNETR], "infer"),
 ])
-def test_unetr_switch_check_properties(configs, workflow_type, demo_datalist):
+def test_unetr_switch_check_properties(configs, workflow_type, demo_datalist, tmp_path):
     overrides = {"datalist": demo_datalist} if workflow_type == "train" else {"input_dir": str(Path(demo_datalist).parent / "data" / "benign")}
     if configs[-1] != "pretrain.json" and workflow_type == "train":
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
+    if "evaluate.json" in configs:
+        overrides.update(evaluation_ckpt_dir(tmp_path))
     assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, check_export, run, stage_overrides, workflow
+from bundle_utils import (BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, check_export, evaluation_ckpt_dir, run,
+                          stage_overrides, workflow)
 from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
@@ -36,6 +37,8 @@ def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
     if configs in (TPP, TRAIN):
         # properties only: no stage-0 / TPP file needed
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
+    if "evaluate.json" in configs:
+        overrides.update(evaluation_ckpt_dir(tmp_path))
     wf = workflow(configs, workflow_type=workflow_type, **overrides)
     assert not wf.check_properties()
 

@@ -34,7 +34,7 @@ def test_class_names_come_from_the_datalist_else_the_default(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes,names,says", [
-    (2, ["a", "b", "c", "d"], ["class_names has 4 names", "declares num_classes 4", "labels go up to 3"]),
+    (2, ["a", "b", "c", "d"], ["class_names has 4 names", "declares num_classes 4", "label values [0, 1, 2, 3]"]),
     (4, ["a", "b", "c", "d"], []),
 ])
 def test_check_classes_names_all_three(tmp_path, num_classes, names, says):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_utils import check_export, run, workflow
+from bundle_utils import check_export, evaluation_ckpt_dir, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.prepare_hdf5_patches import main as prepare_hdf5
 from tools.prepare_nifti_pairs import main as prepare_nifti
@@ -122,10 +122,12 @@ def _input_dir(datalist: str) -> str:
     (["train.json", UNETR, "pretrain.json"], "train"), (["train.json", UNETR, "tpp.json"], "train"),
     (["train.json", UNETR], "train"), (["train.json", UNETR, "evaluate.json"], "train"), (["inference.json", UNETR], "infer"),
 ])
-def test_check_properties(configs, workflow_type, h5_datalist):
+def test_check_properties(configs, workflow_type, h5_datalist, tmp_path):
     overrides = {"datalist": h5_datalist} if workflow_type == "train" else {"input_dir": _input_dir(h5_datalist)}
     if workflow_type == "train" and configs[-1] != "pretrain.json":
         overrides.update(backbone_weights=None, init="standard", allow_random_backbone=True, reuse_decoder=False)
+    if "evaluate.json" in configs:
+        overrides.update(evaluation_ckpt_dir(tmp_path))
     assert not workflow(configs, workflow_type=workflow_type, bundle=BUNDLE, **overrides).check_properties()
 
 

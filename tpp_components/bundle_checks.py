@@ -1,16 +1,17 @@
-"""Startup checks of a ``monai.bundle run``: command-line override ids and output folders, and a first
-line that names the culprit.
+"""Startup checks of a ``monai.bundle run``: command-line override ids, input files, output folders, and a
+first line that names the culprit.
 
 MONAI accepts any ``--id value`` override: an id that no config defines is added silently and never
 read, so a typo (``--num_epoch 3``) trains with the default. MONAI also wraps every error raised
 while a config item is evaluated in ``RuntimeError("Failed to evaluate ...")`` chains, so the
 message that names the bad file ends up in the middle of a long traceback. The bundles call
-:func:`check_cli_overrides` and :func:`check_writable` first in ``initialize``.
+:func:`check_cli_overrides`, :func:`check_files` and :func:`check_writable` first in ``initialize``.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import inspect
 import os
@@ -20,11 +21,16 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ConfigOverrideError", "OutputFolderError", "check_cli_overrides", "check_writable", "first_line_excepthook"]
+__all__ = ["ConfigOverrideError", "InputFileError", "OutputFolderError", "check_cli_overrides", "check_files",
+           "check_writable", "first_line_excepthook"]
 
 
 class ConfigOverrideError(ValueError):
     """A command-line override names a config id that none of the merged config files defines."""
+
+
+class InputFileError(FileNotFoundError):
+    """A file the stage reads (a checkpoint an earlier stage writes) is not there."""
 
 
 class OutputFolderError(OSError):
@@ -121,6 +127,21 @@ def _all_ids(config: object, prefix: str = "") -> set[str]:
         name = f"{prefix}{key}"
         ids |= {name} | _all_ids(value, name + "#")
     return ids
+
+
+def check_files(files: Mapping[str, str | os.PathLike], expected: str) -> None:
+    """Refuse a missing input file before any data is loaded or cached.
+
+    Args:
+        files: ``{config id that places it: file}``, e.g. ``{"ckpt_dir": "<ckpt_dir>/model.pt"}``.
+        expected: what the file is and where it comes from, for the message.
+
+    Raises:
+        InputFileError: naming the config id, the file and ``expected``.
+    """
+    for key, file in files.items():
+        if not Path(file).is_file():
+            raise InputFileError(errno.ENOENT, f"{key}: '{file}' not found; expected {expected}")
 
 
 def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:

@@ -3,8 +3,7 @@
 The converters write ``"labels": {"0": name, ...}`` and ``"num_classes"`` into the datalist. A bundle's
 ``class_names`` default to those (``num_classes`` to their count), so a dataset with other classes needs no
 override; ``--class_names`` still overrides. :func:`check_classes` refuses, before any data is cached, a
-``num_classes`` that disagrees with ``class_names``, with the datalist's own classes, or with its labels,
-naming all three.
+``num_classes`` that disagrees with ``class_names`` or with the datalist's own classes, naming all three.
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ def check_classes(num_classes: int, class_names: Sequence[str], datalist: Any) -
     """Refuse a run whose ``num_classes``, ``class_names`` and datalist disagree; the error names all three.
 
     Checked: ``len(class_names) == num_classes``; the datalist's ``"num_classes"`` and ``"labels"``, where
-    it has them, give the same count; every integer label of every split is below ``num_classes``.
+    it has them, give the same count. Each entry's label is checked by the datalist check, which names the entry.
 
     Raises:
         ValueError: naming ``num_classes``, ``class_names``, the datalist's classes and the labels found.
@@ -78,8 +77,6 @@ def check_classes(num_classes: int, class_names: Sequence[str], datalist: Any) -
         problems.append(f"the datalist declares num_classes {declared}")
     if isinstance(names, Mapping) and len(names) != num_classes:
         problems.append(f"the datalist's 'labels' name {len(names)} classes")
-    if labels and labels[-1] >= num_classes:
-        problems.append(f"the datalist's labels go up to {labels[-1]}")
     if problems:
         where = datalist if isinstance(datalist, (str, os.PathLike)) else "the datalist"
         raise ValueError(
