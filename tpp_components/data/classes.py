@@ -8,14 +8,12 @@ override; ``--class_names`` still overrides. :func:`check_classes` refuses, befo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from numbers import Integral
-from pathlib import Path
 from typing import Any
 
-from tpp_components.data.datalist import SPLITS, DatalistError
+from tpp_components.data.datalist import SPLITS, DatalistError, load_datalist
 
 __all__ = ["check_classes", "datalist_class_names"]
 
@@ -24,13 +22,12 @@ def _read(datalist: Any) -> Mapping[str, Any] | None:
     """The datalist as a mapping, or None where it is not a readable JSON object (the datalist check says why)."""
     if isinstance(datalist, Mapping):
         return datalist
-    if not isinstance(datalist, (str, os.PathLike)) or not Path(datalist).is_file():
+    if not isinstance(datalist, (str, os.PathLike)):
         return None
     try:
-        data = json.loads(Path(datalist).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_datalist(datalist)
+    except DatalistError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def datalist_class_names(datalist: Any, default: Sequence[str]) -> list[str]:

@@ -73,11 +73,14 @@ class DistillationHead(nn.Module):
         embedding = F.normalize(mlp(pooled).float(), dim=-1)
         return embedding @ F.normalize(prototypes.float(), dim=-1).T  # cosine similarity to each prototype
 
+    @torch.no_grad()
+    def _teacher_logits(self, teacher_map: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.teacher, self.teacher_prototypes, teacher_map.detach())
+
+    @torch.no_grad()
     def teacher_probabilities(self, teacher_map: torch.Tensor) -> torch.Tensor:
         """The teacher's centred, sharpened softmax ``(B, prototypes)`` for the clean images' feature map."""
-        with torch.no_grad():
-            teacher = self._logits(self.teacher, self.teacher_prototypes, teacher_map.detach())
-            return F.softmax((teacher - self.center) / self.teacher_temperature, dim=-1)
+        return F.softmax((self._teacher_logits(teacher_map) - self.center) / self.teacher_temperature, dim=-1)
 
     def student_log_probabilities(self, student_map: torch.Tensor) -> torch.Tensor:
         """The student's log-softmax ``(B, prototypes)`` for the masked view's feature map."""
@@ -89,7 +92,7 @@ class DistillationHead(nn.Module):
         In training mode the centre then moves towards this batch's teacher outputs.
         """
         with torch.no_grad():
-            teacher = self._logits(self.teacher, self.teacher_prototypes, teacher_map.detach())
+            teacher = self._teacher_logits(teacher_map)
             wanted = F.softmax((teacher - self.center) / self.teacher_temperature, dim=-1)
             if self.training:
                 self.center.mul_(self.center_momentum).add_(teacher.mean(0, keepdim=True), alpha=1 - self.center_momentum)
