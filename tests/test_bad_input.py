@@ -33,7 +33,7 @@ BUNDLES = ROOT / "bundles"
 CLS, SEG2D, LUNG, SPLEEN, BRAIN = (BUNDLES / n for n in ("breast_us_classification", "breast_us_segmentation",
                                                          "lung_ct_segmentation", "spleen_ct_segmentation",
                                                          "brain_mri_segmentation"))
-SENTINEL = b"a model.pt written by an earlier run"
+SENTINEL = b"a model written by an earlier run"
 
 
 # ---------------------------------------------------------------- helpers
@@ -48,12 +48,15 @@ def root_error(err: BaseException) -> BaseException:
 
 @pytest.fixture
 def written(tmp_path) -> Path:
-    """A ckpt_dir holding a model.pt of an earlier run; the test checks it is untouched."""
+    """A ckpt_dir holding the models of earlier runs (the default init's and the standard init's); the test checks
+    they are untouched."""
     models = tmp_path / "models"
     models.mkdir()
-    (models / "model.pt").write_bytes(SENTINEL)
+    for name in ("model.pt", "model_standard.pt"):
+        (models / name).write_bytes(SENTINEL)
     yield models
-    assert (models / "model.pt").read_bytes() == SENTINEL, "bad input damaged a previously written file"
+    for name in ("model.pt", "model_standard.pt"):
+        assert (models / name).read_bytes() == SENTINEL, f"bad input damaged a previously written file: {name}"
 
 
 def refused(bundle: Path, configs: list[str], error: type, names: list[str], written: Path, workflow_type="train",
@@ -373,7 +376,7 @@ def test_evaluation_without_model_pt_names_ckpt_dir_before_reading_data(bundle, 
     cause = root_error(info.value)
     first = str(cause).splitlines()[0]
     assert isinstance(cause, InputFileError), f"{type(cause).__name__}: {cause}"
-    assert f"ckpt_dir: '{models / 'model.pt'}' not found" in first and "--ckpt_dir" in first, first
+    assert f"model_file: '{models / 'model.pt'}' not found" in first and "--ckpt_dir" in first, first
 
 
 # ---------------------------------------------------------------- weights and target parameters

@@ -146,7 +146,7 @@ def test_pipeline_adapter_saves_rebuildable_model(demo_datalist, tmp_path):
     assert any(".adapter." in k for k in net.state_dict())
 
 
-def test_init_switch_changes_only_the_target_parameters(demo_datalist, tmp_path):
+def test_init_switch_changes_only_the_target_parameters_and_each_init_keeps_its_model(demo_datalist, tmp_path):
     common = stage_overrides(tmp_path, demo_datalist)
     run(PRETRAIN, output_dir=str(tmp_path / "pre"), **common)
     run(TPP, output_dir=str(tmp_path / "tpp"), **common)
@@ -158,6 +158,19 @@ def test_init_switch_changes_only_the_target_parameters(demo_datalist, tmp_path)
     differ = {k for k in tpp_state if not torch.equal(tpp_state[k], std_state[k])}
     assert differ and all(".lora_" in k for k in differ), sorted(differ)
     assert all(not std_state[k].any() for k in std_state if ".lora_B." in k)  # LoRA's standard init: B = 0
+    # fine-tuning from either start into one ckpt_dir: the default init's run writes model.pt, the other its own
+    # model_<init>.pt and target parameters; evaluation reads the model of the init it is given
+    models = Path(common["ckpt_dir"])
+    for init in ("tpp", "standard"):
+        run(TRAIN, output_dir=str(tmp_path / f"train_{init}"), init=init, **common)
+    tuned = {n: torch.load(models / n, weights_only=True) for n in ("model.pt", "model_standard.pt")}
+    assert tuned["model.pt"].keys() == tuned["model_standard.pt"].keys()
+    assert any(not torch.equal(tuned["model.pt"][k], tuned["model_standard.pt"][k]) for k in tuned["model.pt"])
+    assert {"target_parameters.safetensors", "target_parameters_standard.safetensors"} <= {p.name for p in models.iterdir()}
+    for init, name in (("tpp", "model.pt"), ("standard", "model_standard.pt")):
+        wf = run(EVALUATE, output_dir=str(tmp_path / f"eval_{init}"), init=init, **common)
+        assert wf.parser.get_parsed_content("model_file") == str(models / name)
+        assert (tmp_path / f"eval_{init}" / "classification_report.json").is_file()
 
 
 def test_tpp_resumes_from_its_checkpoint(demo_datalist, tmp_path):
@@ -269,7 +282,8 @@ def test_inference_reads_class_folders_keeps_an_earlier_file_and_refuses_an_empt
         path.write_bytes(Path(item["image"]).read_bytes())
     for mask in ("normal/case 0_mask.png", "normal/case 0_mask_1.png", "benign/case 1_Annotation.png"):  # masks: skipped
         (images / mask).write_bytes(Path(test[0]["image"]).read_bytes())
-    infer = {"workflow_type": "infer", "output_dir": str(tmp_path / "pred"), "ckpt_dir": str(tmp_path / "models")}
+    # the standard init's run wrote model_standard.pt (model.pt is the default init's): inference is given it
+    infer = {"workflow_type": "infer", "output_dir": str(tmp_path / "pred"), "model_file": str(tmp_path / "models" / "model_standard.pt")}
     run(["inference.json"], input_dir=str(images), **infer)
     header, rows = _csv_rows(tmp_path / "pred" / "predictions.csv")
     assert header[:2] == ["image", "predicted_class"] and sorted(r["image"] for r in rows) == sorted(map(str, written))
@@ -282,7 +296,7 @@ def test_inference_reads_class_folders_keeps_an_earlier_file_and_refuses_an_empt
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RuntimeError) as err:
-        run(["inference.json"], workflow_type="infer", input_dir=str(empty), output_dir=str(tmp_path / "pred2"), ckpt_dir=str(tmp_path / "models"))
+        run(["inference.json"], workflow_type="infer", input_dir=str(empty), output_dir=str(tmp_path / "pred2"), model_file=infer["model_file"])
     assert isinstance(err.value.__cause__, DatalistError) and str(empty) in str(err.value.__cause__)
 
 

@@ -24,8 +24,9 @@ from tpp_components.handlers import (
 )
 from tpp_components.handlers.checkpoints import SUPERSEDED_SUFFIX
 
-#: a random ViT is fine here: nothing is asserted about learning
-RANDOM_BACKBONE = {"backbone_weights": None, "init": "standard", "allow_random_backbone": True}
+#: a random ViT is fine here: nothing is asserted about learning. No TPP file either: ``standard`` is these runs'
+#: default ``init``, so fine-tuning writes ``model.pt`` (another init would write ``model_<init>.pt``)
+RANDOM_BACKBONE = {"backbone_weights": None, "default_init": "standard", "init": "standard", "allow_random_backbone": True}
 
 
 def _stage(tmp: Path, datalist: str, **extra) -> dict:

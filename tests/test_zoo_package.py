@@ -76,7 +76,7 @@ def trained(tmp_path_factory) -> dict:
     data = make_demo_dataset(tmp / "data", num_per_class=4, image_size=64, seed=0, masks=True)
     datalist = prepare_pairs(str(data), str(tmp / "datalist.json"), near_duplicates=False)
     run(["train.json"], bundle=BUNDLE, datalist=datalist, ckpt_dir=str(tmp / "models"), output_dir=str(tmp / "logs"),
-        num_epochs=1, init="standard", backbone_weights=None, allow_random_backbone=True)
+        num_epochs=1, default_init="standard", init="standard", backbone_weights=None, allow_random_backbone=True)
     images = tmp / "images"
     images.mkdir()
     first = sorted((data / "benign").glob("benign (*).png"))[0]

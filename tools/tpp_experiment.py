@@ -292,8 +292,9 @@ def run(
             return {"arm": f"{method}/{init}", "method": method, "init": init, "seed": seed,
                     "test": json.loads(report_path.read_text()), "seconds": {"train": _log_seconds(run_dir / "train.log")},
                     "val_curve": validation_curve(run_dir)}
+        overrides["init"] = "tpp" if init != "standard" else "standard"  # evaluation reads the model of this init
         seconds = {"train": bundle_run(bundle_path, base, {
-            **overrides, "init": "tpp" if init != "standard" else "standard", "num_epochs": train_epochs,
+            **overrides, "num_epochs": train_epochs,
             "output_dir": str(run_dir / "logs")}, run_dir / "train.log", threads)}
         seconds["evaluate"] = bundle_run(bundle_path, base + ["evaluate.json"], {
             **{k: v for k, v in overrides.items() if k not in ("backbone_weights",)}, "output_dir": str(run_dir / "eval"),
