@@ -51,6 +51,8 @@ from readme_blocks import Block, collect, looks_like_commands
 
 BUNDLES = "bundles/{}/docs/README.md"
 MULTI_NODE = "needs a second machine: the rendezvous endpoint host0:29400 and a node with --node_rank=1"
+GPU_PRESET = ("the full-resolution preset is for a GPU (256 px, or 96-voxel crops with SwinUNETR feature 48): one "
+              "epoch takes hours on 2 CPU cores; tests/test_gpu_presets.py runs one training iteration at its size")
 THREE_D_REASON = ("3D SwinUNETR / UNETR stages at the bundle's 64^3 crop: the five 3D blocks take about 12 minutes "
                   "on 2 shared CPU cores (up to 4 GB a process), more than this harness's budget; TPP_README_3D=1 "
                   "runs them")
@@ -75,6 +77,9 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "needs MONAI's self-supervised Swin weights in models/model_swinvit.pt, a download; "
         "tests/test_spleen_ct_segmentation_bundle.py runs the switch on a checkpoint of that key layout",
     ("studies/README.md", "--max_hours 2"): "runs a study plan's runs for up to 2 hours",
+    **{(BUNDLES.format(b), "configs/gpu.json"): GPU_PRESET
+       for b in ("breast_us_classification", "brain_mri_classification", "breast_us_segmentation",
+                 "lung_ct_segmentation", "brain_mri_segmentation", "spleen_ct_segmentation")},
     ("tools/monailabel/README.md", "# prints the venv"):
         "builds MONAI Label's 3.6 GB virtual environment (downloads); .ci/run builds it for tests/test_monailabel.py",
     ("tools/monailabel/README.md", "monailabel start_server"):

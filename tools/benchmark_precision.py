@@ -31,6 +31,14 @@ NETWORKS = {
     "tinyvit": ("breast_us_classification", ["litemedsam.json"], (3, 64, 64), {}, "LiteMedSAM TinyViT, 64 px, 2D"),
     "vit": ("breast_us_classification", [], (1, 64, 64), {}, "own ViT 192 x 6, patch 8, 64 px, 2D"),
     "swinunetr": ("spleen_ct_segmentation", [], (1, 64, 64, 64), {}, "SwinUNETR feature 12, 64^3 voxels, 3D"),
+    # the full-resolution presets for a GPU (configs/gpu.json), measured on CPU for their memory per image
+    "tinyvit_gpu": ("breast_us_classification", ["litemedsam.json", "gpu.json"], (3, 256, 256), {},
+                    "LiteMedSAM TinyViT, 256 px (gpu.json), 2D"),
+    "vit_gpu": ("breast_us_classification", ["gpu.json"], (1, 256, 256), {}, "own ViT 192 x 6, patch 16, 256 px (gpu.json), 2D"),
+    "tinyvit_seg_gpu": ("breast_us_segmentation", ["gpu.json"], (3, 256, 256), {},
+                        "LiteMedSAM TinyViT + decoder, 256 px (gpu.json), 2D segmentation"),
+    "swinunetr_gpu": ("spleen_ct_segmentation", ["gpu.json"], (1, 96, 96, 96), {},
+                      "SwinUNETR feature 48, 96^3 voxels (gpu.json), 3D"),
     # the attention of 8db4b03 (MONAI's, unfused in training), for the ratio against it
     "swinunetr_unfused": ("spleen_ct_segmentation", [], (1, 64, 64, 64), {"backbone#use_flash_attention": False},
                           "as swinunetr, MONAI's unfused window attention"),
@@ -50,7 +58,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def _applies(network: str, mode: str) -> bool:
     """Stage 0 belongs to the bundles' own backbones: LiteMedSAM's TinyViT comes pretrained."""
-    return not (network == "tinyvit" and mode == "stage0_step")
+    return not (network.startswith("tinyvit") and mode == "stage0_step")
 
 
 def _one(network: str, mode: str, precision: str, steps: int, warmup: int, batch: int | None = None,
@@ -67,7 +75,7 @@ def _one(network: str, mode: str, precision: str, steps: int, warmup: int, batch
     parser.read_config([str(f) for f in files])
     settings = {
         "bundle_root": str(Path(bundles) / bundle), "device": torch.device("cpu"), "precision": precision,
-        "backbone_weights": parser["backbone_weights"] if network == "tinyvit" else None,
+        "backbone_weights": parser["backbone_weights"] if network in ("tinyvit", "tinyvit_gpu") else None,
         "allow_random_backbone": True, "loss#weight": None, "pretext#model#decoder_weights": None,
         **overrides, **extra,
     }
@@ -81,7 +89,7 @@ def _one(network: str, mode: str, precision: str, steps: int, warmup: int, batch
     if batch is None:
         batch = parser["train#dataloader#batch_size"] * (parser["train#num_samples"] if "train#num_samples" in parser else 1)
     x = torch.rand(batch, *shape)
-    num_classes = parser["num_classes"]
+    num_classes = parser.get_parsed_content("num_classes")
     y = torch.randint(0, num_classes, (batch,) if len(shape) == 3 and "segmentation" not in bundle else (batch, 1, *shape[1:]))
     if mode == "forward":
         net.eval()
