@@ -22,10 +22,11 @@ import nibabel
 import numpy as np
 from PIL import Image
 
-__all__ = ["MAKERS", "busi", "brain_mri", "lung_h5", "brats", "msd_spleen", "msd_lung", "ct_seg_pairs", "ct_volumes",
+__all__ = ["MAKERS", "busi", "busi_test", "brain_mri", "brain_mri_test", "chest_xray", "lung_h5", "brats", "msd_spleen", "msd_lung", "ct_seg_pairs", "ct_volumes",
            "images", "npy_patches", "schema"]
 
 BRAIN_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+CHEST_CLASSES = ("NORMAL", "PNEUMONIA")
 
 
 def busi(out: Path) -> Path:
@@ -36,9 +37,17 @@ def busi(out: Path) -> Path:
     return make_demo_dataset(out, num_per_class=6, image_size=64, seed=0, masks=True)
 
 
-def brain_mri(out: Path, per_class: int = 6, size: int = 64) -> Path:
+def busi_test(out: Path) -> Path:
+    """A user's own test folder in BUSI's classes: ``{normal,benign,malignant}/<class> (n).png``, 2 images a class,
+    other images than :func:`busi`'s."""
+    from tools.make_demo_data import make_demo_dataset
+
+    return make_demo_dataset(out, num_per_class=2, image_size=64, seed=1)
+
+
+def brain_mri(out: Path, per_class: int = 6, size: int = 64, seed: int = 1) -> Path:
     """The brain tumour MRI layout: one folder of JPEG slices a class, every other image RGB."""
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / size
     for c, name in enumerate(BRAIN_CLASSES):
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -47,6 +56,27 @@ def brain_mri(out: Path, per_class: int = 6, size: int = 64) -> Path:
             grey = np.clip(255 * (0.3 * rng.random((size, size)) + 0.6 * blob), 0, 255).astype(np.uint8)
             image = Image.fromarray(grey).convert("RGB") if n % 2 else Image.fromarray(grey)
             image.save(out / name / f"{name[:2]}_{n:04d}.jpg", quality=95)
+    return out
+
+
+def brain_mri_test(out: Path) -> Path:
+    """The brain tumour MRI set's ``Testing`` folder: its layout, other slices than :func:`brain_mri`'s, 2 a class."""
+    return brain_mri(out, per_class=2, seed=9)
+
+
+def chest_xray(out: Path, sizes: tuple[tuple[str, int], ...] = (("train", 6), ("val", 2), ("test", 2)),
+               size: int = 64) -> Path:
+    """The chest X-ray (pneumonia) layout: split folders ``train/``, ``val/``, ``test/`` of class folders
+    ``NORMAL/``, ``PNEUMONIA/`` holding grey JPEGs, every image different."""
+    rng = np.random.default_rng(10)
+    for split, count in sizes:
+        for name in CHEST_CLASSES:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                coarse = rng.uniform(0, 255, (6, 6)).astype(np.float32)
+                smooth = np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+                grey = Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8))
+                grey.save(out / split / name / f"{name.lower()}_{split}_{n}.jpeg", quality=95)
     return out
 
 
@@ -178,6 +208,7 @@ def schema(path: Path, source: Path) -> Path:
 
 
 #: the makers by name, as the harness's tables name them
-MAKERS = {"busi": busi, "brain_mri": brain_mri, "lung_h5": lung_h5, "brats": brats, "msd_spleen": msd_spleen,
+MAKERS = {"busi": busi, "busi_test": busi_test, "brain_mri": brain_mri, "brain_mri_test": brain_mri_test,
+          "chest_xray": chest_xray, "lung_h5": lung_h5, "brats": brats, "msd_spleen": msd_spleen,
           "msd_lung": msd_lung, "ct_seg_pairs": ct_seg_pairs, "ct_volumes": ct_volumes, "images": images,
           "npy_patches": npy_patches}

@@ -102,6 +102,7 @@ if not os.environ.get("TPP_README_3D"):
 PLACEHOLDERS = {
     "/data/BUSI": "busi", "/path/to/Dataset_BUSI_with_GT": "busi",
     "/data/brain_mri/Training": "brain_mri", "/path/to/brain_tumor_mri/Training": "brain_mri",
+    "/data/brain_mri/Testing": "brain_mri_test", "/data/chest_xray": "chest_xray", "/data/my_test_images": "busi_test",
     "/data/Task09_Spleen": "msd_spleen", "/data/Task06_Lung": "msd_lung",
     "/data/BraTS": "brats", "/path/to/brats2013": "brats",
     "/data/new_images": "images", "/path/to/images": "images", "/path/to/patches": "npy_patches",

@@ -7,7 +7,7 @@ from tpp_components.data.class_weights import class_weights
 from tpp_components.data.classes import check_classes, datalist_class_names
 from tpp_components.data.image_folder import image_datalist
 from tpp_components.data.mask_pairs import scan_image_mask_pairs
-from tpp_components.data.near_duplicates import near_duplicate_groups
+from tpp_components.data.near_duplicates import near_duplicate_groups, spanning_groups
 from tpp_components.data.nifti_pairs import check_volume_pair, read_msd_dataset, scan_nifti_folders
 from tpp_components.data.patient_folders import scan_patient_folders
 from tpp_components.data.datalist import (
@@ -16,10 +16,12 @@ from tpp_components.data.datalist import (
     SPLITS,
     DatalistError,
     build_datalist,
+    complete_splits,
     find_class_names,
     is_mask_file,
     load_datalist,
     scan_class_folders,
+    scan_split_folders,
     split_fractions,
     stratified_split,
     validate_datalist,
@@ -32,6 +34,7 @@ __all__ = [
     "datalist_class_names",
     "image_datalist",
     "near_duplicate_groups",
+    "spanning_groups",
     "scan_image_mask_pairs",
     "check_volume_pair",
     "read_msd_dataset",
@@ -42,10 +45,12 @@ __all__ = [
     "SPLITS",
     "DatalistError",
     "build_datalist",
+    "complete_splits",
     "find_class_names",
     "is_mask_file",
     "load_datalist",
     "scan_class_folders",
+    "scan_split_folders",
     "split_fractions",
     "stratified_split",
     "validate_datalist",

@@ -22,8 +22,8 @@ from tpp_components.io import atomic_write_text
 
 __all__ = [
     "CLASS_NAMES_BUSI", "IMAGE_EXTENSIONS", "MASK_FILE_PATTERN", "SPLITS", "DatalistError", "build_datalist",
-    "find_class_names", "is_mask_file", "load_datalist", "scan_class_folders", "split_fractions", "stratified_split",
-    "validate_datalist", "write_datalist",
+    "complete_splits", "find_class_names", "is_mask_file", "load_datalist", "scan_class_folders", "scan_split_folders",
+    "split_fractions", "stratified_split", "validate_datalist", "write_datalist",
 ]
 
 #: BUSI class names; the label index of a class is its position.
@@ -85,7 +85,11 @@ def find_class_names(root: str | os.PathLike) -> tuple[str, ...]:
 
 
 def scan_class_folders(
-    root: str | os.PathLike, class_names: Sequence[str] | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS
+    root: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    missing_ok: bool = False,
+    classes_from: str | None = None,
 ) -> list[dict[str, Any]]:
     """List the images of a one-folder-per-class dataset.
 
@@ -94,13 +98,17 @@ def scan_class_folders(
         class_names: class names; the label of a class is its index in this sequence. ``None``:
             every sub-folder is a class, in sorted order (:func:`find_class_names`).
         extensions: accepted file name endings (case-insensitive).
+        missing_ok: accept a ``root`` without a folder for some classes (a test set with no example
+            of a class); it still needs one class folder.
+        classes_from: where ``class_names`` come from (``"the training folder /data/train"``,
+            ``"datalist busi.json"``), named in the error for a folder that is no class.
 
     Returns:
         ``[{"image": absolute path, "label": int}]`` sorted by path; mask files are skipped.
 
     Raises:
         DatalistError: ``root`` is missing, has sub-folders that are not classes, lacks a class
-            folder, or a class folder holds no image.
+            folder (all of them with ``missing_ok``), or a class folder holds no image.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -109,15 +117,19 @@ def scan_class_folders(
         class_names = find_class_names(root)
     exts = tuple(e.lower() for e in extensions)
     subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    source = f"not a class of {classes_from}; " if classes_from else ""
     problems = [
-        f"unexpected folder {name!r} in {root} (expected class folders: {list(class_names)})"
+        f"unexpected folder {name!r} in {root} ({source}expected class folders: {list(class_names)})"
         for name in sorted(subdirs - set(class_names))
     ]
-    problems += [f"missing class folder {name!r} in {root}" for name in class_names if name not in subdirs]
+    if not missing_ok or not subdirs & set(class_names):
+        problems += [f"missing class folder {name!r} in {root}" for name in class_names if name not in subdirs]
     _raise_problems(f"dataset folder {root}", problems)
 
     items: list[dict[str, Any]] = []
     for label, name in enumerate(class_names):
+        if name not in subdirs:  # missing_ok
+            continue
         files = [p for p in (root / name).iterdir() if p.is_file() and p.name.lower().endswith(exts)]
         files = [p for p in files if not is_mask_file(p)]
         if not files:
@@ -125,6 +137,42 @@ def scan_class_folders(
         items += [{"image": str(p), "label": label} for p in files]
     _raise_problems(f"dataset folder {root}", problems)
     return sorted(items, key=lambda item: item["image"])
+
+
+def scan_split_folders(
+    folders: Mapping[str, str | os.PathLike], class_names: Sequence[str] | None = None
+) -> tuple[tuple[str, ...], dict[str, list[dict[str, Any]]]]:
+    """List the images of a dataset published in split folders (``train/``, ``val/``, ``test/``) of class folders.
+
+    The training folder holds a folder for every class; a validation or test folder may lack some (a
+    test set with no example of a class) but holds no class that training does not know.
+
+    Args:
+        folders: split key (``"training"``, ``"validation"``, ``"test"``) -> its folder of class folders;
+            ``"training"`` is required.
+        class_names: class names in label order; default: the class folders of the training folder, sorted.
+
+    Returns:
+        ``(class names, {split: items})`` with the items of every split in ``folders``, as
+        :func:`scan_class_folders` lists them.
+
+    Raises:
+        DatalistError: a key is no split or ``"training"`` is missing; a folder is missing; the training
+            folder lacks a class folder; another folder has a class folder that is not a class (the message
+            names the folder and the classes).
+    """
+    unknown = sorted(set(folders) - set(SPLITS))
+    if unknown or "training" not in folders:
+        raise DatalistError(f"split folders {dict(folders)}: keys must be among {list(SPLITS)} and include "
+                            f"'training'" + (f", got {unknown}" if unknown else ""))
+    training = Path(folders["training"]).expanduser().resolve()
+    classes = tuple(class_names) if class_names is not None else find_class_names(training)
+    source = f"the training folder {training}" if class_names is None else "class_names"
+    items = {
+        split: scan_class_folders(folders[split], classes, missing_ok=split != "training", classes_from=source)
+        for split in SPLITS if split in folders
+    }
+    return classes, items
 
 
 def split_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float, float]:
@@ -202,6 +250,38 @@ def stratified_split(
             out[SPLITS[split]] += members
             filled += len(members)
     return {key: sorted(part, key=lambda item: str(item["image"])) for key, part in out.items()}
+
+
+def complete_splits(
+    given: Mapping[str, Sequence[Mapping[str, Any]]], fractions: Sequence[float], seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Keep the splits given as folders and carve the others from the training items.
+
+    ``given["training"]`` is split by :func:`stratified_split` with ``fractions`` (so near-duplicate
+    ``"group"`` s stay on one side); a validation or test split in ``given`` keeps its items and needs a
+    zero fraction. With only ``"training"`` given this is ``stratified_split(given["training"], fractions, seed)``.
+
+    Args:
+        given: split key -> items (dicts with ``"image"``, ``"label"``, optionally ``"group"``); needs ``"training"``.
+        fractions: training, validation and test fractions of the training items (:func:`split_fractions`).
+        seed: seed of the split.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``, each sorted by image path, without ``"group"``.
+
+    Raises:
+        ValueError: a given split also has a positive fraction (it would get items from both).
+    """
+    clash = [split for split, fraction in zip(SPLITS[1:], fractions[1:]) if split in given and fraction > 0]
+    if clash:
+        raise ValueError(f"splits {clash} are given as folders and cannot also be carved from training "
+                         f"(fractions {tuple(fractions)}): give them fraction 0")
+    out = stratified_split(given["training"], fractions, seed=seed)
+    for split in SPLITS[1:]:
+        if split in given:
+            kept = [{k: v for k, v in item.items() if k != "group"} for item in given[split]]
+            out[split] = sorted(kept, key=lambda item: str(item["image"]))
+    return out
 
 
 def build_datalist(

@@ -14,11 +14,11 @@ project's dependencies for it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["difference_hash", "hamming_distances", "near_duplicate_groups"]
+__all__ = ["difference_hash", "hamming_distances", "near_duplicate_groups", "spanning_groups"]
 
 # number of set bits of every byte value
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -80,3 +80,27 @@ def near_duplicate_groups(
             if a != b:
                 parent[max(a, b)] = min(a, b)
     return [root(i) for i in range(len(paths))]
+
+
+def spanning_groups(groups: Sequence[int], sides: Sequence[Hashable]) -> list[dict[Hashable, list[int]]]:
+    """The near-duplicate groups whose members lie on more than one side: class folders, split folders.
+
+    Args:
+        groups: a group id per image (:func:`near_duplicate_groups`).
+        sides: the side of every image, aligned with ``groups`` (its label, its split).
+
+    Returns:
+        one ``{side: member indices}`` per group that spans sides, groups in the order of their first
+        member, sides in the order they first appear in the group.
+
+    Example::
+
+        >>> spanning_groups([0, 0, 2, 2], ["training", "test", "test", "test"])
+        [{'training': [0], 'test': [1]}]
+    """
+    if len(groups) != len(sides):
+        raise ValueError(f"groups and sides must be aligned, got {len(groups)} groups and {len(sides)} sides")
+    members: dict[int, dict[Hashable, list[int]]] = {}
+    for index, (group, side) in enumerate(zip(groups, sides)):
+        members.setdefault(group, {}).setdefault(side, []).append(index)
+    return [by_side for by_side in members.values() if len(by_side) > 1]
