@@ -45,10 +45,12 @@ def run(configs: list[str], **overrides) -> ConfigWorkflow:
 
 
 def evaluation_ckpt_dir(tmp: Path) -> dict:
-    """``ckpt_dir`` holding an empty ``model.pt``: evaluation refuses to start without the fine-tuned model
-    (``startup_checks#model``), and building the stage to check its properties never loads it."""
+    """``ckpt_dir`` holding empty models of the default and the standard init (``model.pt``, ``model_standard.pt``):
+    evaluation refuses to start without the fine-tuned model of its init (``startup_checks#model``), and building
+    the stage to check its properties never loads it."""
     (tmp / "models").mkdir(exist_ok=True)
-    (tmp / "models" / "model.pt").touch()
+    for name in ("model.pt", "model_standard.pt"):
+        (tmp / "models" / name).touch()
     return {"ckpt_dir": str(tmp / "models")}
 
 

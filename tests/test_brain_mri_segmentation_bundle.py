@@ -235,7 +235,10 @@ def test_swin_stages_on_synthetic_mri_learn_restore_geometry_and_export(syntheti
     # one epoch of single crops: a higher learning rate than the bundle's default makes it enough
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), learning_rate=0.01, **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), **common)
-    dice, hd95 = metric(tmp_path / "eval"), metric(tmp_path / "eval", "val_hd95")
+    dice, hd95 = metric(tmp_path / "eval"), metric(tmp_path / "eval", "test_hd95")
+    # Dice in each volume's own grid (the prediction inverted onto it) and in the network's resampled grid
+    network_size = metric(tmp_path / "eval", "test_mean_dice_network_size")
+    assert abs(dice - network_size) < 0.1, (dice, network_size)
     assert dice > SYNTHETIC_MIN_DICE, f"synthetic test Dice {dice:.3f} (all-background: 0)"
     assert 0 <= hd95 < 25, f"HD95 {hd95} voxels"  # measured 16.0 (2 mm voxels; one epoch leaves small false islands)
     models = tmp_path / "models"
@@ -246,8 +249,8 @@ def test_swin_stages_on_synthetic_mri_learn_restore_geometry_and_export(syntheti
     mlp = [k for k in backbone if ".mlp." in k]
     assert mlp and all(torch.equal(backbone[k], model[k]) for k in mlp)  # stage 0's encoder, frozen (LoRA on attention)
     assert any(not torch.equal(backbone[k], model[k]) for k in backbone if k.endswith("attn.qkv.weight"))  # LoRA merged
-    per_patient = list(csv.DictReader((tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()))
-    assert len(per_patient) == len(load_datalist(synthetic_datalist)["test"]) and (tmp_path / "eval" / "val_hd95_raw.csv").is_file()
+    per_patient = list(csv.DictReader((tmp_path / "eval" / "test_mean_dice_raw.csv").read_text().splitlines()))
+    assert len(per_patient) == len(load_datalist(synthetic_datalist)["test"]) and (tmp_path / "eval" / "test_hd95_raw.csv").is_file()
     native = _infer_and_check_geometry(tmp_path, synthetic_datalist, ["inference.json"], **SMALL_SWIN)
     assert native > SYNTHETIC_MIN_DICE, f"Dice of the saved masks in the input's grid {native:.3f}"
     assert _all_background_dice(load_datalist(synthetic_datalist)["test"]) == 0.0

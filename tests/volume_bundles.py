@@ -29,7 +29,7 @@ def small_network(configs: list[str]) -> dict:
     return {} if SWIN_SSL in configs else SMALL_SWIN
 
 
-def metric(eval_dir: Path, name: str = "val_mean_dice") -> float:
+def metric(eval_dir: Path, name: str = "test_mean_dice") -> float:
     """A summary value of ``MetricsSaver``'s ``metrics.csv``."""
     rows = list(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))
     return float(dict(rows)[name])
