@@ -8,6 +8,10 @@ It differs from MONAI Label's ``monaibundle`` sample app in what tells a classif
 bundle's metadata, not its folder name), in loading checkpoints strictly, and in how training is fed
 (``lib/trainers.py``). ``--conf zoo_source github`` keeps start-up offline: the default source lists the
 model zoo over the network.
+
+Errors reach the client with their cause (``lib/errors.py`` says why the app's methods raise
+``HTTPException``): an unknown model or image is a 404 naming it, a bad upload or training parameter a 4xx
+saying what was expected, a failure of a task a 500 with its message.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import logging
 import os
 
 import monailabel
+from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
@@ -28,6 +35,8 @@ from lib.compat import import_monailabel_post
 
 import_monailabel_post()  # before the bundle tasks import it: see lib/compat.py
 
+from lib.datastore import TPPDatastore  # noqa: E402
+from lib.errors import NOT_FOUND, reported  # noqa: E402
 from lib.infers import bundle_infer_task  # noqa: E402
 from lib.states import HeadState  # noqa: E402,F401  (imported so that train.json overrides can name lib.states.HeadState)
 from lib.trainers import TPPBundleTrainTask  # noqa: E402
@@ -75,3 +84,49 @@ class MyApp(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}
+
+    def init_datastore(self) -> Datastore:
+        """MONAI Label's local datastore, with uploads decoded on arrival (:class:`lib.datastore.TPPDatastore`);
+        a remote datastore (``--studies http...``) is MONAI Label's own."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return TPPDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def infer(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """MONAI Label's ``infer``, with an unknown model or image answered by a 404 naming it, and a failure
+        by an error carrying its cause (see ``lib/errors.py``)."""
+        model, image = request.get("model"), request.get("image")
+        if model not in self._infers:
+            raise HTTPException(NOT_FOUND, detail=f"no model '{model}': this server serves {sorted(self._infers)}.")
+        store = datastore if datastore is not None else self.datastore()
+        if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
+            raise HTTPException(NOT_FOUND, detail=f"no image '{image}' in the datastore (upload it with "
+                                                  "PUT /datastore/image?image=<id>, or send the file with the request).")
+        with reported(f"inference of '{model}' on image '{image}'"):
+            return super().infer(request, datastore)
+
+    def train(self, request: dict) -> dict:
+        """MONAI Label's ``train``, with an unknown model answered by a 404 naming it, a bad parameter by a 422
+        and a failure by an error carrying its cause (for a synchronous round: a background round logs them)."""
+        model = request.get("model")
+        if model not in self._trainers:
+            raise HTTPException(NOT_FOUND, detail=f"no trainer '{model}': this server trains {sorted(self._trainers)}.")
+        with reported(f"training round of '{model}'"):
+            return super().train(request)
+
+    def bundle_path(self, model: str | None) -> str | None:
+        """The bundle of ``model``'s trainer; an unknown model is a 404.
+
+        MONAI Label calls this in the server process for every training, batch-inference and scoring task
+        before it starts the task (``AsyncTask.run``), and runs a background task in a subprocess whose errors
+        only reach its log: this is where a background round for an unknown model can still be refused.
+        """
+        if model and model not in self._trainers and model not in self._infers:
+            raise HTTPException(NOT_FOUND, detail=f"no model '{model}': this server serves {sorted(self._infers)} and "
+                                                  f"trains {sorted(self._trainers)}.")
+        return super().bundle_path(model)
