@@ -1,8 +1,9 @@
 """A MONAI Label app serving the TPP bundles (``model/<bundle name>/``): inference for every bundle, and
 training rounds from the datastore's final labels.
 
-    monailabel start_server --app tools/monailabel/app --studies <images> \\
-        --conf models breast_us_classification,breast_us_segmentation --conf zoo_source github --conf sam2 false
+    PYTHONPATH=<TPP checkout> <venv>/bin/python -m monailabel.main start_server --app tools/monailabel/app \\
+        --studies <images> --conf models breast_us_classification,breast_us_segmentation \\
+        --conf zoo_source github --conf sam2 false
 
 It differs from MONAI Label's ``monaibundle`` sample app in what tells a classifier from a segmenter (the
 bundle's metadata, not its folder name), in loading checkpoints strictly, and in how training is fed
@@ -16,8 +17,11 @@ saying what was expected, a failure of a task a 500 with its message.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
+from pathlib import Path
 
 import monailabel
 from fastapi import HTTPException
@@ -33,7 +37,34 @@ from monailabel.utils.others.generic import get_bundle_models, strtobool
 
 from lib.compat import import_monailabel_post
 
+
+def find_tpp_components() -> None:
+    """Make ``tpp_components`` (the bundles' code, in the TPP checkout) importable.
+
+    The checkout is looked for on the path first (``PYTHONPATH=<checkout>``, as the README's command sets it),
+    then above this file (the app served in place, ``--app tools/monailabel/app``), so that one venv serves
+    any checkout: nothing in the venv names one. A checkout found above this file is also appended to
+    ``PYTHONPATH``, which MONAI Label's task subprocesses inherit.
+
+    Raises:
+        ModuleNotFoundError: neither finds it; the message says how to start the server.
+    """
+    if importlib.util.find_spec("tpp_components") is not None:
+        return
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "tpp_components" / "__init__.py").is_file():
+            sys.path.append(str(parent))
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(parent)) if p)
+            return
+    raise ModuleNotFoundError(
+        f"tpp_components is not importable and no TPP checkout is above the app ('{Path(__file__).parent}'): start "
+        "the server with the checkout on PYTHONPATH (PYTHONPATH=/path/to/tpp <venv>/bin/python -m monailabel.main "
+        "start_server ...), see tools/monailabel/README.md."
+    )
+
+
 import_monailabel_post()  # before the bundle tasks import it: see lib/compat.py
+find_tpp_components()  # before lib.states and the bundles import it
 
 from lib.datastore import TPPDatastore  # noqa: E402
 from lib.errors import NOT_FOUND, reported  # noqa: E402
