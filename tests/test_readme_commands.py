@@ -77,7 +77,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("studies/README.md", "--max_hours 2"): "runs a study plan's runs for up to 2 hours",
     ("tools/monailabel/README.md", "# prints the venv"):
         "builds MONAI Label's 3.6 GB virtual environment (downloads); .ci/run builds it for tests/test_monailabel.py",
-    ("tools/monailabel/README.md", "monailabel start_server"):
+    ("tools/monailabel/README.md", "-m monailabel.main start_server"):
         "starts a MONAI Label server that runs until stopped; tests/test_monailabel.py starts one",
     ("tools/monailabel/README.md", "curl -X PUT"): "REST calls to a running MONAI Label server; "
                                                    "tests/test_monailabel.py makes them",
