@@ -82,7 +82,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
                  "lung_ct_segmentation", "brain_mri_segmentation", "spleen_ct_segmentation")},
     ("tools/monailabel/README.md", "# prints the venv"):
         "builds MONAI Label's 3.6 GB virtual environment (downloads); .ci/run builds it for tests/test_monailabel.py",
-    ("tools/monailabel/README.md", "monailabel start_server"):
+    ("tools/monailabel/README.md", "-m monailabel.main start_server"):
         "starts a MONAI Label server that runs until stopped; tests/test_monailabel.py starts one",
     ("tools/monailabel/README.md", "curl -X PUT"): "REST calls to a running MONAI Label server; "
                                                    "tests/test_monailabel.py makes them",

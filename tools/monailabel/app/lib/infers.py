@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from monai.transforms import SqueezeDimd
+import numpy as np
+from monai.transforms import SqueezeDimd, Transposed
+from monai.utils import convert_to_numpy
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from lib.bundle_kind import bundle_kind
 
-__all__ = ["TPPBundleInferTask", "bundle_infer_task"]
+__all__ = ["NUMPY_SUFFIX", "TPPBundleInferTask", "bundle_infer_task"]
+
+#: an image MONAI Label's writer (ITK) cannot write: its mask is written as one too, by :meth:`TPPBundleInferTask.writer`
+NUMPY_SUFFIX = ".npy"
+
+
+def _is_numpy(data: dict | None) -> bool:
+    return str((data or {}).get("image_path") or "").lower().endswith(NUMPY_SUFFIX)
 
 
 class TPPBundleInferTask(BundleInferTask):
-    """``BundleInferTask`` with two fixes for MONAI 1.6 and 2D masks.
+    """``BundleInferTask`` with fixes for MONAI 1.6, 2D masks and ``.npy`` images.
 
     - MONAI Label puts the image's path in the request as ``image_path``, and MONAI >= 1.5's ``Spacingd``
       updates every ``image_*`` entry as if it were the image's meta dict (``'str' object has no attribute
       'update'``): the entry is set aside while the pre-transforms run.
     - ``Restored`` drops a singleton channel only from 3D predictions; MONAI Label's writer takes a 2D mask
       as ``(W, H)``, and a ``(1, W, H)`` one would be written as a 3D image of width 1.
+    - The mask of a ``.npy`` image (``lung_ct_segmentation``'s patches) is a ``.npy`` array of the patch's
+      shape, as the bundle's own labels are (``<patch>_label.npy``): MONAI Label's writer cannot write
+      ``.npy``, and a PNG would be read back by MONAI's ``PILReader`` with its axes swapped against the patch.
+      The bundle's ``Transposed`` (which orients the mask for its own ``PILWriter``) is left out there.
     """
 
     def run_pre_transforms(self, data: dict, transforms: Sequence[Callable]) -> dict:
@@ -32,9 +47,20 @@ class TPPBundleInferTask(BundleInferTask):
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         post = list(super().post_transforms(data))
+        if self.type == InferType.SEGMENTATION and _is_numpy(data):
+            post = [t for t in post if not isinstance(t, Transposed)]
         if self.type == InferType.SEGMENTATION and self.dimension == 2:
             post.append(SqueezeDimd(keys=self.key_pred, dim=0))
         return post
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, dict]:
+        if self.type != InferType.SEGMENTATION or not _is_numpy(data):
+            return super().writer(data, extension, dtype)
+        mask = convert_to_numpy(data[self.output_label_key])
+        dtype = dtype or data.get("result_dtype")
+        path = tempfile.NamedTemporaryFile(suffix=NUMPY_SUFFIX, delete=False).name
+        np.save(path, mask.astype(dtype) if dtype else mask)
+        return path, dict(data.get(self.output_json_key) or {})
 
 
 def bundle_infer_task(path: str, conf: dict[str, str]) -> TPPBundleInferTask:
