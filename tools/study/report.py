@@ -54,7 +54,8 @@ def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
     lines = [f"# Study '{plan.study}'", "",
              f"Bundle `{plan.bundle.name}`{' + ' + ', '.join(plan.switches) if plan.switches else ''}, datalist "
              f"`{plan.datalist.name}`, seeds {plan.seeds}; every stage `{plan.overrides}`. Paired differences are "
-             f"arm - `{plan.baseline_arm}` of the same method and seed, in points (x100; HD95 in mm), mean [95 % Student-t "
+             f"arm - `{plan.baseline_arm}` of the same method and seed, in points (x100; HD95 as the bundle reports "
+             "it, in voxels of its resampled grid), mean [95 % Student-t "
              "interval]; wins count the seeds where the arm scored higher. Models are selected on validation; "
              "every score is on the test split."]
     summary: dict = {"regimes": {}}
