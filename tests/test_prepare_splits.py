@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools.add_test_folder import main as add_test_folder  # noqa: E402
-from tools.prepare_class_folders import main as prepare_class_folders  # noqa: E402
-from tpp_components.data import (  # noqa: E402
+from conftest import ROOT
+from tools.add_test_folder import main as add_test_folder
+from tools.prepare_class_folders import main as prepare_class_folders
+from tpp_components.data import (
     SPLITS,
     DatalistError,
     build_datalist,
