@@ -6,8 +6,9 @@ fingerprints with the committed ones in ``tests/data/config_fingerprints.json``.
 (a new default, a fixed transform) rewrites that file in the same commit, and the commit says why.
 
 A stage's config is its files merged as ``monai.bundle run --config_file "[...]"`` merges them, with macros and
-relative ids resolved and every plain reference (``"@id"``) replaced by what it refers to, so that moving a block
-behind a reference keeps the fingerprint; expressions (``"$..."``) are compared as written.
+relative ids resolved and every plain reference (``"@id"``) replaced by what it refers to; a top-level block that a
+plain reference uses is compared where it is used, so that moving a repeated block behind a reference keeps the
+fingerprint. Expressions (``"$..."``) are compared as written.
 
 Usage (from the repository root)::
 
@@ -70,7 +71,19 @@ def resolved(files: list[Path]) -> dict:
     parser.resolve_macro_and_relative_ids()
     config = parser.get()
     config.pop(HEADER_KEY, None)
-    return _inline(config, parser)
+    inlined = _inline(config, parser)
+    # a top-level block that a plain reference uses is compared where it is used, so naming a repeated block
+    # (``checkpoint_state``) keeps the fingerprint
+    used = {m[1:].replace("::", "#") for m in _plain_references(config)}
+    return {k: v for k, v in inlined.items() if k not in used}
+
+
+def _plain_references(config: Any) -> list[str]:
+    if isinstance(config, dict):
+        return [r for v in config.values() for r in _plain_references(v)]
+    if isinstance(config, list):
+        return [r for v in config for r in _plain_references(v)]
+    return [config] if isinstance(config, str) and _REFERENCE.match(config) else []
 
 
 def fingerprint(config: dict) -> str:
@@ -98,8 +111,9 @@ def changed(current: dict[str, str], committed: dict[str, str]) -> list[str]:
     return sorted(k for k in current.keys() | committed.keys() if current.get(k) != committed.get(k))
 
 
-def main(write: bool = False) -> None:
-    current = fingerprints()
+def main(write: bool = False, root: str = str(ROOT)) -> None:
+    """Compare (or with ``write``, rewrite) the fingerprints of the configs under ``root``'s ``bundles/``."""
+    current = fingerprints(Path(root))
     if write:
         FINGERPRINTS.parent.mkdir(parents=True, exist_ok=True)
         FINGERPRINTS.write_text(json.dumps(current, indent=4, sort_keys=True) + "\n")
