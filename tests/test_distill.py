@@ -80,13 +80,12 @@ def test_tpp_with_the_distillation_target_learns_without_collapsing():
         torch.manual_seed(123)
         wanted = pretext.distill.teacher_probabilities(reference)
         assert len(set(wanted.argmax(-1).tolist())) > 1  # the teacher tells the images apart
-        from tpp_components.pretext.encoders import masked_feature_map
         from tpp_components.pretext.patches import upsample_patch_mask
 
         patch_mask, grid = pretext._mask(images)
         token_mask = upsample_patch_mask(patch_mask, grid, pretext.mask_patch // pretext.embed_stride)
-        student = pretext.distill.student_log_probabilities(masked_feature_map(pretext.network, images, token_mask,
-                                                                              pretext.mask_token))
+        student = pretext.distill.student_log_probabilities(
+            pretext.anatomy.masked_feature_map(pretext.network, images, token_mask, pretext.mask_token))
     cross = -(wanted[None] * student[:, None]).sum(-1)  # [i, j]: student i against teacher j
     # per teacher (column), whose masked view matches it best: its own image's, rather than another's
     own, others = cross.diagonal(), (cross.sum(0) - cross.diagonal()) / (len(images) - 1)

@@ -23,7 +23,7 @@ from tpp_components.peft import (
     target_parameters,
 )
 from tpp_components.pretext import MaskedAutoencoder, SimMIM, head_modules
-from tpp_components.pretext.encoders import is_vit_like
+from monai.networks.nets import UNETR, ViT
 
 GRID = [
     (m, b, d) for m, (b, d) in itertools.product(METHODS, CASES) if supported(b, m, d)
@@ -80,7 +80,7 @@ def test_standard_init_is_identity_for_lora_and_adapter(kind, dims):
 
 
 def _pretext(net, kind, dims):
-    return MaskedAutoencoder(net, decoder_hidden=16, decoder_layers=1, decoder_heads=2) if is_vit_like(net) else SimMIM(net, dims, 1)
+    return MaskedAutoencoder(net, decoder_hidden=16, decoder_layers=1, decoder_heads=2) if isinstance(net, (ViT, UNETR)) else SimMIM(net, dims, 1)
 
 
 @pytest.mark.parametrize("method,kind,dims", GRID)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from tpp_components.networks.anatomy import head_modules
 from tpp_components.networks.weights import load_backbone_weights
 from tpp_components.networks.window_attention import fuse_window_attention
 from tpp_components.peft import (
@@ -17,8 +18,6 @@ from tpp_components.peft import (
     set_trainable,
     start_from_tpp,
 )
-# module import (not the name): pretext.encoders imports the networks package, whose TinyViT it dispatches on
-from tpp_components.pretext import encoders as _encoders
 
 __all__ = ["build_network", "trainable_parameters", "INIT_CHOICES"]
 
@@ -74,7 +73,7 @@ def build_network(
     """
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got '{init}'.")
-    heads = _encoders.head_modules(backbone)
+    heads = head_modules(backbone)
     frozen = peft is not None or freeze_backbone
     if frozen and not backbone_weights and not merged and not allow_random_backbone:
         what = f"PEFT method '{dict(peft).get('method')}'" if peft is not None else "the linear probe (freeze_backbone)"

@@ -7,7 +7,7 @@ import torch.nn as nn
 from monai.networks.blocks import TransformerBlock
 
 from tpp_components.pretext.decoder import load_decoder
-from tpp_components.pretext.encoders import vit_of, vit_patch_size, vit_tokens
+from tpp_components.networks.anatomy import vit_of, vit_patch_size, vit_tokens
 from tpp_components.pretext.patches import patchify, random_patch_mask
 
 __all__ = ["MaskedAutoencoder"]

@@ -24,17 +24,11 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from monai.networks.utils import pixelshuffle
 
+from tpp_components.networks.anatomy import anatomy_of
+
 from tpp_components.peft.inject import get_peft_method, unwrap
 from tpp_components.pretext.decoder import load_decoder
 from tpp_components.pretext.distill import DistillationHead
-from tpp_components.pretext.encoders import (
-    embedding_channels,
-    embedding_stride,
-    encoder_channels,
-    encoder_feature_map,
-    encoder_stride,
-    masked_feature_map,
-)
 from tpp_components.pretext.patches import random_patch_mask, upsample_patch_mask
 
 __all__ = ["SimMIM", "SIMMIM_TARGETS"]
@@ -77,23 +71,24 @@ class SimMIM(nn.Module):
         if target not in SIMMIM_TARGETS:
             raise ValueError(f"SimMIM target must be one of {SIMMIM_TARGETS}, got '{target}'.")
         self.network = network
+        self.anatomy = anatomy_of(network)
         self.spatial_dims = spatial_dims
         self.target = target
-        self.stride = encoder_stride(network)
+        self.stride = self.anatomy.stride(network)
         self.mask_patch = mask_patch or self.stride
         if self.mask_patch % self.stride:
             raise ValueError(f"mask_patch {self.mask_patch} must be a multiple of the encoder stride {self.stride}.")
         self.mask_ratio = mask_ratio
-        token_channels = embedding_channels(network)
+        token_channels = self.anatomy.embedding_channels(network)
         if token_channels is not None:
-            self.embed_stride = embedding_stride(network)
+            self.embed_stride = self.anatomy.embedding_stride(network)
             self.mask_token = nn.Parameter(torch.zeros(token_channels))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         else:
             self.mask_value = nn.Parameter(torch.zeros(1, in_channels, *([1] * spatial_dims)))
         if target == "pixels":
             out = in_channels * self.stride**spatial_dims
-            self.decoder = Conv[Conv.CONV, spatial_dims](encoder_channels(network), out, kernel_size=1)
+            self.decoder = Conv[Conv.CONV, spatial_dims](self.anatomy.channels(network), out, kernel_size=1)
         else:
             try:
                 method = get_peft_method(unwrap(network))
@@ -106,7 +101,7 @@ class SimMIM(nn.Module):
             # the reference encoder: these values substituted for the target parameters
             self._reference = {n: p.detach().clone() for n, p in network.named_parameters() if n in names}
             if target == "distill":
-                self.distill = DistillationHead(encoder_channels(network))
+                self.distill = DistillationHead(self.anatomy.channels(network))
         if decoder_weights:
             load_decoder(self, decoder_weights)
 
@@ -126,7 +121,7 @@ class SimMIM(nn.Module):
         try:
             for name, value in self._reference.items():
                 params[name].copy_(value)
-            return encoder_feature_map(self.network, images)
+            return self.anatomy.feature_map(self.network, images)
         finally:
             for name, value in current.items():
                 params[name].copy_(value)
@@ -139,9 +134,9 @@ class SimMIM(nn.Module):
         wanted = self._reference_features(images) if self.target != "pixels" else None
         if hasattr(self, "mask_token"):
             token_mask = upsample_patch_mask(patch_mask, grid, self.mask_patch // self.embed_stride)
-            features = masked_feature_map(self.network, images, token_mask, self.mask_token)
+            features = self.anatomy.masked_feature_map(self.network, images, token_mask, self.mask_token)
         else:
-            features = encoder_feature_map(self.network, images * (1 - mask) + self.mask_value * mask)
+            features = self.anatomy.feature_map(self.network, images * (1 - mask) + self.mask_value * mask)
         if self.target == "distill":
             return {"loss": self.distill(features, wanted), "mask": mask}
         if wanted is not None:
