@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools.prepare_class_folders import main as prepare_class_folders  # noqa: E402
-from tpp_components.data import (  # noqa: E402
+from conftest import DATA_DIR, ROOT
+from tools.prepare_class_folders import main as prepare_class_folders
+from tpp_components.data import (
     DatalistError,
     find_class_names,
     near_duplicate_groups,
     scan_class_folders,
     stratified_split,
 )
-from tpp_components.data.near_duplicates import difference_hash  # noqa: E402
+from tpp_components.data.near_duplicates import difference_hash
 
-BRAIN_MRI_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "brain_tumor_mri" / "Training"
+BRAIN_MRI_DIR = DATA_DIR / "brain_tumor_mri" / "Training"
 
 
 def _scan(seed: int, size: int = 64) -> np.ndarray:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,13 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools import prepare_busi  # noqa: E402
-from tools.make_demo_data import make_demo_dataset  # noqa: E402
-from tpp_components.data import (  # noqa: E402
+from conftest import DATA_DIR
+from tools import prepare_busi
+from tools.make_demo_data import make_demo_dataset
+from tpp_components.data import (
     CLASS_NAMES_BUSI,
     DatalistError,
     load_datalist,
@@ -28,7 +23,7 @@ from tpp_components.data import (  # noqa: E402
     write_datalist,
 )
 
-BUSI_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "busi_classification"
+BUSI_DIR = DATA_DIR / "busi_classification"
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,14 +10,11 @@ import numpy as np
 import pytest
 from monai.transforms import LoadImaged
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from conftest import DATA_DIR
+from tools.prepare_hdf5_patches import main as prepare_patches
+from tpp_components.data import DatalistError
 
-from tools.prepare_hdf5_patches import main as prepare_patches  # noqa: E402
-from tpp_components.data import DatalistError  # noqa: E402
-
-LUNG_H5 = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "msd_lung_patches" / "val_patches.h5"
+LUNG_H5 = DATA_DIR / "msd_lung_patches" / "val_patches.h5"
 
 
 def _h5(path: Path, n: int = 24, size: int = 16, **extra: np.ndarray) -> Path:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from conftest import DATA_DIR
+from tools.prepare_image_mask_pairs import main as prepare_pairs
+from tpp_components.data import DatalistError
+from tpp_components.data.mask_pairs import scan_image_mask_pairs
 
-from tools.prepare_image_mask_pairs import main as prepare_pairs  # noqa: E402
-from tpp_components.data import DatalistError  # noqa: E402
-from tpp_components.data.mask_pairs import scan_image_mask_pairs  # noqa: E402
-
-BUSI_SEG_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "busi_segmentation"
+BUSI_SEG_DIR = DATA_DIR / "busi_segmentation"
 
 
 def _image(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0, mode: str = "L") -> Path:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import nibabel
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from conftest import DATA_DIR
+from tools.prepare_nifti_pairs import main as prepare_nifti, split_volumes
+from tpp_components.data import DatalistError
+from tpp_components.data.nifti_pairs import check_volume_pair
 
-from tools.prepare_nifti_pairs import main as prepare_nifti, split_volumes  # noqa: E402
-from tpp_components.data import DatalistError  # noqa: E402
-from tpp_components.data.nifti_pairs import check_volume_pair  # noqa: E402
-
-TOTALSEG_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "totalseg_ct"
+TOTALSEG_DIR = DATA_DIR / "totalseg_ct"
 
 
 def _volume(path: Path, data: np.ndarray, spacing: tuple[float, float, float] = (1.5, 1.5, 3.0)) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import nibabel
@@ -12,14 +10,11 @@ import numpy as np
 import pytest
 from monai.transforms import LoadImaged
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from conftest import DATA_DIR
+from tools.prepare_patient_folders import main as prepare_patients
+from tpp_components.data import DatalistError
 
-from tools.prepare_patient_folders import main as prepare_patients  # noqa: E402
-from tpp_components.data import DatalistError  # noqa: E402
-
-BRATS_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "brats2013"
+BRATS_DIR = DATA_DIR / "brats2013"
 
 
 def _volume(path: Path, shape: tuple[int, ...] = (10, 9, 8), spacing: float = 1.0) -> Path:

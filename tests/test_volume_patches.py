@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import nibabel
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from conftest import DATA_DIR
+from tools.prepare_nifti_pairs import main as prepare_nifti
+from tools.prepare_volume_patches import main as prepare_patches
+from tpp_components.data import DatalistError
 
-from tools.prepare_nifti_pairs import main as prepare_nifti  # noqa: E402
-from tools.prepare_volume_patches import main as prepare_patches  # noqa: E402
-from tpp_components.data import DatalistError  # noqa: E402
-
-TOTALSEG_DIR = Path(os.environ.get("TPP_DATA_DIR", ROOT.parent / "shared" / "data")) / "totalseg_ct"
+TOTALSEG_DIR = DATA_DIR / "totalseg_ct"
 
 
 def _ct(root: Path, n: int = 4) -> str:
