@@ -29,7 +29,8 @@ __all__ = ["COMMAND_TAGS", "Block", "collect", "readmes", "parse", "looks_like_c
 #: the fence tags whose blocks hold commands
 COMMAND_TAGS = ("bash", "sh", "shell", "console")
 #: where the READMEs are, as git pathspecs
-README_GLOBS = ("README.md", "bundles/*/docs/README.md", "studies/README.md", "tools/**/README.md", "docs/*.md")
+README_GLOBS = ("README.md", "bundles/*/docs/README.md", "families/README.md", "studies/README.md", "tools/**/README.md",
+                "docs/*.md")
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<tag>[\w+-]*)")
 _RUN_FROM = re.compile(r"^\s*<!--\s*run from:\s*(?P<folder>\S+)\s*-->\s*$")

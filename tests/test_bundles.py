@@ -46,42 +46,6 @@ def test_verify_net_in_out(bundle):
                       config_file=str(configs / "inference.json"), device="cpu", bundle_root=str(ROOT / "bundles" / bundle))
 
 
-#: stage override files the bundles of one kind share, and the tunable values a bundle may set its own way;
-#: anything else differing is drift (a fix made in one bundle and not carried to its siblings)
-SHARED_STAGES = {
-    "tpp.json": set(),
-    "evaluate.json": set(),
-    "pretrain.json": {"num_epochs", "warmup_epochs", "base_learning_rate", "train#dataloader#batch_size"},
-    "unetr.json": {"learning_rate", "backbone#feature_size", "backbone#hidden_size", "backbone#mlp_dim", "backbone#num_heads"},
-    "litemedsam.json": {"learning_rate", "num_epochs", "tpp_epochs", "image_size"},
-    "multi_gpu_tpp.json": set(),
-    "multi_gpu_train.json": set(),
-}
-
-
-def _kind(bundle: str) -> tuple[str, int]:
-    """A bundle's kind: its task (the name's last word) and the spatial dimensions of its default network."""
-    train = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
-    return bundle.rsplit("_", 1)[-1], int(train["backbone"].get("spatial_dims", 2))
-
-
-@pytest.mark.parametrize("stage", sorted(SHARED_STAGES))
-def test_shared_stage_overrides_do_not_drift(stage):
-    """Every bundle is self-contained (the zoo ships it alone), so shared stage files are copies: they must stay equal."""
-    groups: dict[tuple[str, int], dict[str, dict]] = {}
-    for bundle in BUNDLES:
-        path = ROOT / "bundles" / bundle / "configs" / stage
-        if path.is_file():
-            groups.setdefault(_kind(bundle), {})[bundle] = json.loads(path.read_text())
-    drift = []
-    for kind, configs in groups.items():
-        (first, reference), *others = sorted(configs.items())
-        for bundle, config in others:
-            keys = {k for k in reference.keys() | config.keys() if reference.get(k) != config.get(k)} - SHARED_STAGES[stage]
-            drift += [f"{bundle}/configs/{stage} differs from {first}'s in {sorted(keys)} ({kind})"] if keys else []
-    assert not drift, "\n".join(drift)
-
-
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_every_augmentation_is_a_named_setting_that_turns_it_off(bundle):
     """Each random augmentation's probability is a top-level setting (``--flip_prob 0`` turns flips off: they
