@@ -22,6 +22,7 @@ from PIL import Image
 
 from bundle_utils import EVALUATE, TPP, TRAIN, workflow
 from conftest import ROOT
+from tools.bundle_command import bundle_command
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tpp_components.bundle_checks import ConfigOverrideError, InputFileError, OutputFolderError, check_cli_overrides
@@ -115,9 +116,7 @@ def demo(tmp_path_factory) -> str:
 
 
 def bundle_cli(bundle: Path, configs: list[str], *args: str) -> subprocess.CompletedProcess:
-    files = [f"configs/{c}" for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files) if len(files) > 1 else files[0],
-           "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", *args]
+    cmd = [*bundle_command(bundle, configs, relative=True), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 
 from bundle_utils import workflow
 from conftest import ROOT
+from tools.bundle_command import bundle_command
 from test_bundles import BUNDLES
 from volume_bundles import SMALL_SWIN
 
@@ -141,10 +142,8 @@ def torchrun(bundle: Path, configs: list[str], overrides: dict, tmp: Path, name:
     """Run ``monai.bundle run`` under ``torchrun`` with ``overrides`` merged last; returns the log; asserts exit 0."""
     extra = tmp / f"{name}.json"
     extra.write_text(json.dumps(overrides, indent=4))
-    files = [str(bundle / "configs" / c) for c in configs] + [str(extra)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
-           "-m", "monai.bundle", "run", "--config_file", str(files), "--bundle_root", str(bundle),
-           "--meta_file", str(bundle / "configs" / "metadata.json"), "--logging_file", str(bundle / "configs" / "logging.conf")]
+    torchrun_ = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}"]
+    cmd = bundle_command(bundle, [*configs, extra.resolve()], launcher=torchrun_)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=900)
     log = result.stdout + result.stderr

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools.bundle_command import bundle_command  # noqa: E402
 from tpp_components.handlers.checkpoints import latest_checkpoint  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "breast_us_classification"
@@ -74,12 +75,7 @@ def stage_overrides(stage: str, run_dir: Path, reference: Path, datalist: str, e
 
 
 def command(bundle: Path, stage: str, overrides: dict, resume: bool) -> list[str]:
-    files = [str(bundle / "configs" / c) for c in CONFIGS[stage]]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files), "--bundle_root", str(bundle),
-           "--meta_file", str(bundle / "configs" / "metadata.json"), "--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in {**overrides, "resume": resume}.items():  # None on the command line is the expression "$None"
-        cmd += [f"--{key}", "$None" if value is None else value if isinstance(value, str) else repr(value)]
-    return cmd
+    return bundle_command(bundle, CONFIGS[stage], {**overrides, "resume": resume})
 
 
 def environment() -> dict:

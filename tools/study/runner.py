@@ -10,28 +10,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from tools.bundle_command import bundle_command
 from tools.study.curves import scalar_curve
 from tools.study.metrics import VALIDATION_TAG, read_test_metrics
 from tools.study.plan import Run, StudyPlan
 from tpp_components.io import atomic_write_text
 from tpp_components.runtime import cpu_environment
 
-__all__ = ["bundle_run", "cli_value", "run_study", "study_workdir"]
+__all__ = ["bundle_run", "run_study", "study_workdir"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli_value(value: Any) -> str:
-    """A config value as ``monai.bundle run`` reads it from the command line (``None`` as the expression ``$None``)."""
-    if value is None:
-        return "$None"
-    return value if isinstance(value, str) else repr(value)
 
 
 def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int) -> float:
@@ -39,11 +32,7 @@ def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, thr
 
     Output goes to ``log``; a failure raises with the log's tail and its path.
     """
-    files = [str(bundle / "configs" / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files) if len(files) > 1 else files[0]]
-    cmd += ["--bundle_root", str(bundle), "--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", cli_value(value)]
+    cmd = bundle_command(bundle, configs, overrides)
     env = cpu_environment(threads, dict(os.environ, PYTHONWARNINGS="ignore"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log.parent.mkdir(parents=True, exist_ok=True)
