@@ -21,6 +21,7 @@ from tpp_components.handlers import (
     RunSettings,
     latest_checkpoint,
     resume_checkpoint,
+    supersede_checkpoints,
 )
 from tpp_components.handlers.checkpoints import SUPERSEDED_SUFFIX
 
@@ -93,6 +94,8 @@ def test_fresh_run_supersedes_an_earlier_runs_checkpoints(tmp_path):
     (tmp_path / "tpp_checkpoint_epoch=5.pt").write_bytes(b"other stage")
     assert resume_checkpoint(tmp_path, "train", resume=True) == str(tmp_path / "train_checkpoint_epoch=30.pt")
     assert resume_checkpoint(tmp_path, "train", resume=False) is None
+    assert len(list(tmp_path.iterdir())) == 3  # the query renames nothing
+    assert supersede_checkpoints(tmp_path, "train") == ["train_checkpoint_epoch=3.pt", "train_checkpoint_epoch=30.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "tpp_checkpoint_epoch=5.pt", f"train_checkpoint_epoch=3.pt{SUPERSEDED_SUFFIX}", f"train_checkpoint_epoch=30.pt{SUPERSEDED_SUFFIX}"]
     assert latest_checkpoint(tmp_path, "train") is None and resume_checkpoint(tmp_path, "train", resume=True) is None

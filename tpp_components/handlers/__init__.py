@@ -1,6 +1,12 @@
 """Ignite handlers and checkpoint state views used by the bundle configs."""
 
-from tpp_components.handlers.checkpoints import AtomicCheckpointSaver, AtomicDiskSaver, latest_checkpoint, resume_checkpoint
+from tpp_components.handlers.checkpoints import (
+    AtomicCheckpointSaver,
+    AtomicDiskSaver,
+    latest_checkpoint,
+    resume_checkpoint,
+    supersede_checkpoints,
+)
 from tpp_components.handlers.class_predictions import ClassPredictionsSaver
 from tpp_components.handlers.classification_report import ClassificationReport, classification_metrics
 from tpp_components.handlers.curves import CurvesPlotter

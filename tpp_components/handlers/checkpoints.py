@@ -16,7 +16,8 @@ from monai.handlers import CheckpointSaver
 from tpp_components.io import atomic_path
 
 __all__ = [
-    "AtomicDiskSaver", "AtomicCheckpointSaver", "latest_checkpoint", "resume_checkpoint", "remove_stale_temporaries",
+    "AtomicDiskSaver", "AtomicCheckpointSaver", "latest_checkpoint", "resume_checkpoint", "supersede_checkpoints",
+    "remove_stale_temporaries",
     "SUPERSEDED_SUFFIX",
 ]
 
@@ -81,6 +82,8 @@ class AtomicDiskSaver(DiskSaver):
                     (self.dirname / name).unlink(missing_ok=True)
         self._pending_removal.clear()
 
+    # private hook: ignite's DiskSaver writes every file through _save_func; overriding it is the one way to write
+    # beside the destination with ordinary permissions (its public atomic=True makes the file private, mode 600)
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
         with atomic_path(path) as tmp:
             func(checkpoint, tmp, **self.kwargs)
@@ -101,6 +104,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
                  final_filename: str | None = None, **kwargs: Any) -> None:
         super().__init__(save_dir=save_dir, save_dict=save_dict, key_metric_filename=key_metric_filename,
                          final_filename=final_filename, **kwargs)
+        # private: MONAI's CheckpointSaver builds its three ignite Checkpoints inside __init__ with a DiskSaver of
+        # its own and takes no save handler, so the handler is swapped on them after construction
         for checkpoint, fixed in ((self._final_checkpoint, final_filename), (self._key_metric_checkpoint, key_metric_filename),
                                   (self._interval_checkpoint, None)):
             if checkpoint is not None:
@@ -109,8 +114,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def state_dict(self) -> dict:
         """The key-metric tracking list (empty when the saver does not save on the key metric); scores as
         Python floats (metrics may be numpy scalars, which ``torch.load(weights_only=True)`` refuses)."""
-        saved = self._key_metric_checkpoint._saved if self._key_metric_checkpoint is not None else []
-        return {"_saved": [(float(item.priority), str(item.filename)) for item in saved]}
+        if self._key_metric_checkpoint is None:  # private: MONAI exposes its key-metric Checkpoint no other way
+            return {"_saved": []}
+        saved = self._key_metric_checkpoint.state_dict()["_saved"]  # ignite's public state_dict
+        return {"_saved": [(float(priority), str(filename)) for priority, filename in saved]}
 
 
 def _checkpoints(directory: Path, prefix: str) -> list[tuple[int, Path]]:
@@ -131,12 +138,9 @@ def latest_checkpoint(directory: str | os.PathLike, prefix: str) -> str | None:
 
 
 def resume_checkpoint(directory: str | os.PathLike, prefix: str, resume: bool) -> str | None:
-    """The checkpoint a stage starts from: the latest one when resuming, none for a fresh run.
+    """The checkpoint a stage starts from: the latest one when resuming, none for a fresh run (a query: it
+    changes nothing; :func:`supersede_checkpoints` moves an earlier run's checkpoints aside).
 
-    A fresh run (``resume`` false) in a folder that holds an earlier run's resumable checkpoints
-    replaces that run, as it replaces its ``models/model.pt``: those checkpoints are renamed
-    ``<name>.superseded`` (one generation is kept, nothing is deleted), so that a later
-    ``--resume True`` continues *this* run and never the earlier one, whatever their epochs.
     Resuming when there is no checkpoint yet (killed during the first epoch) starts afresh.
 
     Args:
@@ -149,14 +153,29 @@ def resume_checkpoint(directory: str | os.PathLike, prefix: str, resume: bool) -
     """
     if not isinstance(resume, bool):
         raise TypeError(f"'resume' must be true or false, got {resume!r} ({type(resume).__name__}).")
+    if not resume:
+        return None
+    found = latest_checkpoint(directory, prefix)
+    if found is None:
+        logger.info("resume: no '%s_checkpoint_epoch=N.pt' in %s yet, starting afresh.", prefix, directory)
+    return found
+
+
+def supersede_checkpoints(directory: str | os.PathLike, prefix: str) -> list[str]:
+    """Rename an earlier run's resumable checkpoints in ``directory`` to ``<name>.superseded``.
+
+    A fresh run (``resume`` false) replaces the earlier run in its folder, as it replaces its
+    ``models/model.pt``; renaming its checkpoints (one generation is kept, nothing is deleted) makes a later
+    ``--resume True`` continue *this* run and never the earlier one, whatever their epochs. ``train.json``'s
+    ``initialize`` calls this first for a fresh run.
+
+    Returns:
+        the names renamed (empty when there were none).
+    """
     found = _checkpoints(Path(directory), prefix)
-    if resume:
-        if not found:
-            logger.info("resume: no '%s_checkpoint_epoch=N.pt' in %s yet, starting afresh.", prefix, directory)
-        return str(found[-1][1]) if found else None
     for _, path in found:
         os.replace(path, path.with_name(path.name + SUPERSEDED_SUFFIX))
     if found:
         logger.warning("fresh run (resume false): the earlier run's checkpoints %s in %s were renamed *%s.",
                        [p.name for _, p in found], directory, SUPERSEDED_SUFFIX)
-    return None
+    return [p.name for _, p in found]

@@ -79,13 +79,15 @@ def _randomizables(obj: Any, seen: set[int]) -> Iterator[Randomizable]:
             yield from _randomizables(child, seen)
 
 
-def _numpy_state(rs: np.random.RandomState) -> dict:
-    kind, keys, pos, has_gauss, gauss = rs.get_state()
+def _numpy_state(legacy: tuple) -> dict:
+    """A NumPy ``RandomState.get_state()`` tuple as tensors and Python numbers (``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, gauss = legacy
     return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
 
 
-def _set_numpy_state(rs: np.random.RandomState, state: Mapping) -> None:
-    rs.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["gauss"]))
+def _legacy_state(state: Mapping) -> tuple:
+    """The ``RandomState.set_state()`` tuple of :func:`_numpy_state`'s dict."""
+    return state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["gauss"]
 
 
 class RandomState:
@@ -106,9 +108,9 @@ class RandomState:
     def state_dict(self) -> dict:
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": _numpy_state(np.random.mtrand._rand),
+            "numpy": _numpy_state(np.random.get_state()),
             "python": random.getstate(),
-            "transforms": [_numpy_state(t.R) for t in self.transforms],
+            "transforms": [_numpy_state(t.R.get_state()) for t in self.transforms],
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -121,11 +123,11 @@ class RandomState:
                 f"training transforms have {len(self.transforms)}."
             )
         torch.set_rng_state(state["torch"])
-        _set_numpy_state(np.random.mtrand._rand, state["numpy"])
+        np.random.set_state(_legacy_state(state["numpy"]))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
         for t, s in zip(self.transforms, state["transforms"]):
-            _set_numpy_state(t.R, s)
+            t.R.set_state(_legacy_state(s))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
