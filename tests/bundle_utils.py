@@ -18,6 +18,12 @@ TRAIN = ["train.json"]
 PRETRAIN = ["train.json", "pretrain.json"]
 TPP = ["train.json", "tpp.json"]
 EVALUATE = ["train.json", "evaluate.json"]
+INFERENCE = ["inference.json"]
+#: the same stages of breast_us_classification with its own ViT (``configs/vit.json``, stage 0 included): the small
+#: network its pipeline tests run on. The bundle's default network, LiteMedSAM's pretrained TinyViT, is tested in
+#: ``test_litemedsam_bundle.py``.
+VIT = "vit.json"
+VIT_TRAIN, VIT_PRETRAIN, VIT_TPP, VIT_EVALUATE, VIT_INFERENCE = ([c[0], VIT, *c[1:]] for c in (TRAIN, PRETRAIN, TPP, EVALUATE, INFERENCE))
 
 
 def workflow(configs: list[str], workflow_type: str = "train", bundle: Path = BUNDLE, **overrides) -> ConfigWorkflow:
@@ -67,7 +73,8 @@ def reference_arm(name: str) -> dict:
 
 
 def train_and_evaluate(
-    tmp: Path, datalist: str, name: str, epochs: int, train: list[str] = TRAIN, evaluate: list[str] = EVALUATE, **overrides
+    tmp: Path, datalist: str, name: str, epochs: int, train: list[str] = VIT_TRAIN, evaluate: list[str] = VIT_EVALUATE,
+    **overrides
 ) -> dict:
     """Fine-tune (standard init) into ``tmp/name``, evaluate on the test split, return the classification report.
 

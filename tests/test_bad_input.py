@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_utils import EVALUATE, TPP, TRAIN, workflow
+from bundle_utils import EVALUATE, TRAIN, VIT_EVALUATE, VIT_INFERENCE, VIT_TPP, VIT_TRAIN, workflow
 from conftest import ROOT
 from tools.bundle_command import bundle_command
 from tools.make_demo_data import make_demo_dataset
@@ -34,6 +34,8 @@ BUNDLES = ROOT / "bundles"
 CLS, SEG2D, LUNG, SPLEEN, BRAIN = (BUNDLES / n for n in ("breast_us_classification", "breast_us_segmentation",
                                                          "lung_ct_segmentation", "spleen_ct_segmentation",
                                                          "brain_mri_segmentation"))
+#: the breast-ultrasound classifier's stages with its own small ViT (``vit.json``): fast, and no weights wheel
+CLS_TRAIN, CLS_TPP, CLS_EVALUATE, CLS_INFERENCE = VIT_TRAIN, VIT_TPP, VIT_EVALUATE, VIT_INFERENCE
 SENTINEL = b"a model written by an earlier run"
 
 
@@ -135,7 +137,7 @@ def test_cli_missing_file_names_it_first(demo, tmp_path, written):
     missing = str(tmp_path / "gone.png")
     datalist["training"][0]["image"] = missing
     path = save_datalist(tmp_path / "dl.json", datalist["training"], datalist["validation"])
-    result = bundle_cli(CLS, TRAIN, "--datalist", path, "--ckpt_dir", str(written), "--output_dir", str(tmp_path / "logs"))
+    result = bundle_cli(CLS, CLS_TRAIN, "--datalist", path, "--ckpt_dir", str(written), "--output_dir", str(tmp_path / "logs"))
     assert result.returncode != 0
     first = first_error_line(result)
     assert first.startswith("ERROR: DatalistError:") and missing in first and "training[0] 'image'" in first, first
@@ -144,13 +146,13 @@ def test_cli_missing_file_names_it_first(demo, tmp_path, written):
 def test_cli_malformed_datalist_json_names_the_file(tmp_path, written):
     path = tmp_path / "broken.json"
     path.write_text('{"training": [{"image": "a.png", "label": 0},]}')
-    result = bundle_cli(CLS, TRAIN, "--datalist", str(path), "--ckpt_dir", str(written), "--output_dir", str(tmp_path / "logs"))
+    result = bundle_cli(CLS, CLS_TRAIN, "--datalist", str(path), "--ckpt_dir", str(written), "--output_dir", str(tmp_path / "logs"))
     first = first_error_line(result)
     assert result.returncode != 0 and str(path) in first and "not valid JSON" in first and "line 1" in first, first
 
 
 def test_cli_unknown_override_id_is_refused_with_the_closest_ids(demo, tmp_path, written):
-    result = bundle_cli(CLS, TRAIN, "--datalist", demo, "--num_epoch", "3", "--ckpt_dir", str(written))
+    result = bundle_cli(CLS, CLS_TRAIN, "--datalist", demo, "--num_epoch", "3", "--ckpt_dir", str(written))
     first = first_error_line(result)
     assert result.returncode != 0 and "'--num_epoch'" in first and "'num_epochs'" in first, first
     assert not (Path(written) / "backbone.pt").exists()
@@ -159,7 +161,7 @@ def test_cli_unknown_override_id_is_refused_with_the_closest_ids(demo, tmp_path,
 def test_cli_inference_on_an_empty_folder_exits_non_zero(tmp_path, written):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = bundle_cli(CLS, ["inference.json"], "--input_dir", str(empty), "--output_dir", str(tmp_path / "pred"),
+    result = bundle_cli(CLS, CLS_INFERENCE, "--input_dir", str(empty), "--output_dir", str(tmp_path / "pred"),
                         "--ckpt_dir", str(written))
     first = first_error_line(result)
     assert result.returncode != 0 and str(empty) in first and ".png" in first, first
@@ -200,7 +202,7 @@ def test_corrupt_or_truncated_2d_image(kind, demo, tmp_path, written):
         truncate(bad)
     datalist["training"][1]["image"] = str(bad)
     path = save_datalist(tmp_path / "dl.json", datalist["training"], datalist["validation"])
-    first = refused(CLS, TRAIN, DatalistError, [path, "training[1] 'image'", str(bad), "cannot be decoded"], written, datalist=path)
+    first = refused(CLS, CLS_TRAIN, DatalistError, [path, "training[1] 'image'", str(bad), "cannot be decoded"], written, datalist=path)
     assert "expected a complete, readable image" in first
 
 
@@ -230,18 +232,18 @@ def test_datalist_entry_whose_file_is_missing(demo, tmp_path, written):
     datalist = load_datalist(demo)
     datalist["validation"][0]["image"] = str(tmp_path / "nowhere" / "x.png")
     path = save_datalist(tmp_path / "dl.json", datalist["training"], datalist["validation"])
-    refused(CLS, TRAIN, DatalistError, ["validation[0] 'image'", "nowhere/x.png", "file not found"], written, datalist=path)
+    refused(CLS, CLS_TRAIN, DatalistError, ["validation[0] 'image'", "nowhere/x.png", "file not found"], written, datalist=path)
 
 
 def test_missing_datalist_file(tmp_path, written):
     path = tmp_path / "no_such_datalist.json"
-    refused(CLS, TRAIN, DatalistError, [str(path), "not found"], written, datalist=str(path))
+    refused(CLS, CLS_TRAIN, DatalistError, [str(path), "not found"], written, datalist=str(path))
 
 
 def test_malformed_datalist_json(tmp_path, written):
     path = tmp_path / "broken.json"
     path.write_text('{"training": [')
-    refused(CLS, TRAIN, DatalistError, [str(path), "not valid JSON"], written, datalist=str(path))
+    refused(CLS, CLS_TRAIN, DatalistError, [str(path), "not valid JSON"], written, datalist=str(path))
 
 
 @pytest.mark.parametrize("split", ["training", "validation"])
@@ -250,7 +252,7 @@ def test_empty_dataset(split, demo, tmp_path, written):
     datalist[split] = []
     path = tmp_path / "dl.json"
     path.write_text(json.dumps(datalist))
-    refused(CLS, TRAIN, DatalistError, [str(path), f"split '{split}' is empty", "expected a non-empty list"], written,
+    refused(CLS, CLS_TRAIN, DatalistError, [str(path), f"split '{split}' is empty", "expected a non-empty list"], written,
             datalist=str(path))
 
 
@@ -259,7 +261,7 @@ def test_evaluate_needs_a_test_split(demo, tmp_path, written):
     del datalist["test"]
     path = tmp_path / "dl.json"
     path.write_text(json.dumps(datalist))
-    refused(CLS, EVALUATE, DatalistError, [str(path), "split 'test' is missing"], written, datalist=str(path))
+    refused(CLS, CLS_EVALUATE, DatalistError, [str(path), "split 'test' is missing"], written, datalist=str(path))
 
 
 @pytest.mark.parametrize("label", [3, -1, "benign", None])
@@ -267,7 +269,7 @@ def test_class_label_outside_the_classes(label, demo, tmp_path, written):
     datalist = load_datalist(demo)
     datalist["training"][2]["label"] = label
     path = save_datalist(tmp_path / "dl.json", datalist["training"], datalist["validation"])
-    refused(CLS, TRAIN, DatalistError, ["training[2] 'label'", repr(label), "expected an integer in 0..2"], written, datalist=path)
+    refused(CLS, CLS_TRAIN, DatalistError, ["training[2] 'label'", repr(label), "expected an integer in 0..2"], written, datalist=path)
 
 
 def test_unlabelled_pool_is_fine_for_tpp_but_not_for_fine_tuning(demo, tmp_path, written):
@@ -275,8 +277,8 @@ def test_unlabelled_pool_is_fine_for_tpp_but_not_for_fine_tuning(demo, tmp_path,
     pool = [{"image": e["image"]} for e in datalist["training"]]
     path = save_datalist(tmp_path / "pool.json", pool, [{"image": e["image"]} for e in datalist["validation"]])
     tpp = dict(backbone_weights=None, allow_random_backbone=True, reuse_decoder=False)
-    workflow(TPP, bundle=CLS, datalist=path, ckpt_dir=str(written), output_dir=str(tmp_path / "tpp"), **tpp)
-    refused(CLS, TRAIN, DatalistError, ["training[0]", "no 'label' key"], written, datalist=path)
+    workflow(CLS_TPP, bundle=CLS, datalist=path, ckpt_dir=str(written), output_dir=str(tmp_path / "tpp"), **tpp)
+    refused(CLS, CLS_TRAIN, DatalistError, ["training[0]", "no 'label' key"], written, datalist=path)
 
 
 # ---------------------------------------------------------------- image / label pairs
@@ -312,7 +314,7 @@ def test_wrong_channel_count_in_one_file(where, demo, tmp_path, written):
         datalist = load_datalist(demo)
         bad = datalist["training"][0]["image"] = png(tmp_path / "rgba.png", mode="RGBA")
         path = save_datalist(tmp_path / "dl.json", datalist["training"], datalist["validation"])
-        refused(CLS, TRAIN, DatalistError, [bad, "(32, 32, 4)", "1 (grey) or 3 (RGB) channels"], written, datalist=path)
+        refused(CLS, CLS_TRAIN, DatalistError, [bad, "(32, 32, 4)", "1 (grey) or 3 (RGB) channels"], written, datalist=path)
     else:
         pair = volume_pair(tmp_path, "x")
         bad = pair["image"] = nifti(tmp_path / "x4d.nii.gz", np.zeros((16, 16, 16, 3), np.float32))
@@ -392,14 +394,14 @@ def test_backbone_checkpoint_of_another_architecture(demo, tmp_path, written):
                           num_heads=3, spatial_dims=2, num_classes=3)
     path = tmp_path / "other_backbone.pt"
     torch.save(other.state_dict(), path)
-    refused(CLS, TRAIN, WeightsError, [str(path), "do not fit ViTClassifier", "missing"], written,
+    refused(CLS, CLS_TRAIN, WeightsError, [str(path), "do not fit ViTClassifier", "missing"], written,
             **_tiny_good_run(demo, backbone_weights=str(path), allow_random_backbone=False, init="standard"))
 
 
 def _saved_target_parameters(demo: str, tmp: Path, name: str, **overrides) -> str:
     from tpp_components.peft import save_target_parameters
 
-    wf = workflow(TRAIN, bundle=CLS, init="standard", ckpt_dir=str(tmp / name), output_dir=str(tmp / name / "logs"),
+    wf = workflow(CLS_TRAIN, bundle=CLS, init="standard", ckpt_dir=str(tmp / name), output_dir=str(tmp / name / "logs"),
                   **_tiny_good_run(demo, **overrides))
     path = tmp / f"{name}.safetensors"
     save_target_parameters(wf.parser.get_parsed_content("network_def"), path, wf.parser.get_parsed_content("head_modules"))
@@ -415,7 +417,7 @@ def _saved_target_parameters(demo: str, tmp: Path, name: str, **overrides) -> st
 def test_target_parameters_of_another_method_rank_backbone_or_dims(other, expected, demo, tmp_path, written):
     path = _saved_target_parameters(demo, tmp_path, "other", **other)
     before = Path(path).read_bytes()
-    refused(CLS, TRAIN, TargetParameterError, [path, expected], written,
+    refused(CLS, CLS_TRAIN, TargetParameterError, [path, expected], written,
             **_tiny_good_run(demo, init="tpp", tpp_target_parameters=path))
     assert Path(path).read_bytes() == before
 
@@ -436,7 +438,7 @@ def test_read_only_output_folder(demo, tmp_path, written):
     if not _make_read_only(folder):
         pytest.skip("cannot make a folder read-only here (root without chattr +i)")
     try:
-        first = refused(CLS, TRAIN, OutputFolderError, ["output_dir", str(folder / "logs"), "not writable"], written,
+        first = refused(CLS, CLS_TRAIN, OutputFolderError, ["output_dir", str(folder / "logs"), "not writable"], written,
                         **_tiny_good_run(demo, output_dir=str(folder / "logs")))
         assert "expected a folder this user can create files in" in first
     finally:
@@ -450,7 +452,7 @@ def test_full_disk_while_saving_target_parameters(demo, tmp_path, written, monke
     from bundle_utils import run
 
     tpp = _tiny_good_run(demo, reuse_decoder=False, tpp_epochs=1, ckpt_dir=str(written))
-    run(TPP, bundle=CLS, output_dir=str(tmp_path / "tpp1"), **tpp)
+    run(CLS_TPP, bundle=CLS, output_dir=str(tmp_path / "tpp1"), **tpp)
     target = written / "tpp_target_parameters.safetensors"
     before = {p.name: p.read_bytes() for p in (target, target.with_suffix(".json"))}
 
@@ -460,7 +462,7 @@ def test_full_disk_while_saving_target_parameters(demo, tmp_path, written, monke
     # the package exports a function of the module's name: patch the module object itself
     monkeypatch.setattr(importlib.import_module("tpp_components.peft.target_parameters"), "save_file", full_disk)
     with pytest.raises(Exception) as info:
-        run(TPP, bundle=CLS, output_dir=str(tmp_path / "tpp2"), **tpp)
+        run(CLS_TPP, bundle=CLS, output_dir=str(tmp_path / "tpp2"), **tpp)
     cause = root_error(info.value)
     assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC and str(target) in str(cause), repr(cause)
     assert {p.name: p.read_bytes() for p in (target, target.with_suffix(".json"))} == before

@@ -10,8 +10,12 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import (BUNDLE, CONFIGS, EVALUATE, PRETRAIN, TPP, TRAIN, check_export, evaluation_ckpt_dir, run,
-                          stage_overrides, workflow)
+from bundle_utils import BUNDLE, CONFIGS, VIT, check_export, evaluation_ckpt_dir, run, stage_overrides, workflow
+from bundle_utils import VIT_EVALUATE as EVALUATE
+from bundle_utils import VIT_INFERENCE as INFERENCE
+from bundle_utils import VIT_PRETRAIN as PRETRAIN
+from bundle_utils import VIT_TPP as TPP
+from bundle_utils import VIT_TRAIN as TRAIN
 from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
@@ -28,7 +32,7 @@ def demo_datalist(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize(
     "configs,workflow_type",
-    [(PRETRAIN, "train"), (TPP, "train"), (TRAIN, "train"), (EVALUATE, "train"), (["inference.json"], "infer")],
+    [(PRETRAIN, "train"), (TPP, "train"), (TRAIN, "train"), (EVALUATE, "train"), (INFERENCE, "infer")],
 )
 def test_check_properties(configs, workflow_type, demo_datalist, tmp_path):
     image = Path(load_datalist(demo_datalist)["test"][0]["image"])
@@ -60,7 +64,7 @@ def _pipeline(tmp: Path, datalist: str, peft: dict | None = None) -> dict:
     infer_overrides = {"input_dir": str(images), "output_dir": str(tmp / "pred"), "ckpt_dir": str(tmp / "models")}
     if peft is not None:
         infer_overrides["peft"] = peft
-    run(["inference.json"], workflow_type="infer", **infer_overrides)
+    run(INFERENCE, workflow_type="infer", **infer_overrides)
     return {"tpp": tpp, "train": train, "evaluate": evaluate}
 
 
@@ -105,7 +109,7 @@ def _check_outputs(tmp: Path, datalist: str, num_images: int = 3) -> None:
 
 def _strict_load_into_network_def(tmp: Path, peft: dict | None) -> torch.nn.Module:
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.read_config([str(CONFIGS / c) for c in INFERENCE])
     parser["bundle_root"] = str(BUNDLE)
     if peft is not None:
         parser["peft"] = peft
@@ -135,7 +139,7 @@ def test_pipeline_lora_on_synthetic_data(demo_datalist, tmp_path):
     changed = [k for k in backbone if ".attn.qkv.weight" in k and not torch.equal(backbone[k], model[k])]
     assert changed, "the merged LoRA update did not reach the qkv weights"
     # the zoo's TorchScript export of the merged model gives the same outputs
-    check_export(BUNDLE, ["inference.json"], tmp_path / "models" / "model.pt", [2, 1, 64, 64], atol=1e-5)
+    check_export(BUNDLE, INFERENCE, tmp_path / "models" / "model.pt", [2, 1, 64, 64], atol=1e-5)
 
 
 def test_pipeline_adapter_saves_rebuildable_model(demo_datalist, tmp_path):
@@ -253,17 +257,19 @@ def test_tpp_starts_from_the_stage0_decoder_or_a_fresh_one(demo_datalist, tmp_pa
     assert isinstance(err.value.__cause__, PretextDecoderError) and "nowhere.pt" in str(err.value.__cause__)
 
 
-def test_inference_network_and_peft_equal_train():
-    """inference.json runs alone (MONAI Label, the zoo's checks): its network and peft must be train.json's."""
+@pytest.mark.parametrize("switch, in_channels", [(None, 3), (VIT, 1)])
+def test_inference_network_and_peft_equal_train(switch, in_channels):
+    """inference.json runs alone (MONAI Label, the zoo's checks): its network and peft must be train.json's, for the
+    default network (LiteMedSAM's TinyViT) and under the own-ViT switch."""
     train, infer = ConfigParser(), ConfigParser()
-    train.read_config(str(CONFIGS / "train.json"))
-    infer.read_config(str(CONFIGS / "inference.json"))
+    train.read_config([str(CONFIGS / c) for c in ["train.json", switch] if c])
+    infer.read_config([str(CONFIGS / c) for c in ["inference.json", switch] if c])
     for parser in (train, infer):
         parser["bundle_root"] = str(BUNDLE)
     for key in ("peft", "freeze_backbone", "pooling", "head_norm", "image_size", "patch_size", "num_classes", "class_names"):
         assert train.get_parsed_content(key) == infer.get_parsed_content(key), key
     resolved = [p.get_parsed_content("backbone", instantiate=False).get_config() for p in (train, infer)]
-    assert resolved[0] == resolved[1] and resolved[0]["in_channels"] == 1
+    assert resolved[0] == resolved[1] and resolved[0]["in_channels"] == in_channels
     assert train["preprocessing"] == infer["preprocessing"]["transforms"]
 
 
@@ -284,26 +290,26 @@ def test_inference_reads_class_folders_keeps_an_earlier_file_and_refuses_an_empt
         (images / mask).write_bytes(Path(test[0]["image"]).read_bytes())
     # the standard init's run wrote model_standard.pt (model.pt is the default init's): inference is given it
     infer = {"workflow_type": "infer", "output_dir": str(tmp_path / "pred"), "model_file": str(tmp_path / "models" / "model_standard.pt")}
-    run(["inference.json"], input_dir=str(images), **infer)
+    run(INFERENCE, input_dir=str(images), **infer)
     header, rows = _csv_rows(tmp_path / "pred" / "predictions.csv")
     assert header[:2] == ["image", "predicted_class"] and sorted(r["image"] for r in rows) == sorted(map(str, written))
     first = (tmp_path / "pred" / "predictions.csv").read_text()
     # a second run into the same folder keeps the first run's file under a stamped name
-    run(["inference.json"], input_dir=str(images / "normal"), **infer)
+    run(INFERENCE, input_dir=str(images / "normal"), **infer)
     assert [r["image"] for r in _csv_rows(tmp_path / "pred" / "predictions.csv")[1]] == [str(written[0])]
     kept = list((tmp_path / "pred").glob("predictions.*.csv"))
     assert len(kept) == 1 and kept[0].read_text() == first
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RuntimeError) as err:
-        run(["inference.json"], workflow_type="infer", input_dir=str(empty), output_dir=str(tmp_path / "pred2"), model_file=infer["model_file"])
+        run(INFERENCE, workflow_type="infer", input_dir=str(empty), output_dir=str(tmp_path / "pred2"), model_file=infer["model_file"])
     assert isinstance(err.value.__cause__, DatalistError) and str(empty) in str(err.value.__cause__)
 
 
 def test_backbone_state_honours_strict(tmp_path):
     from tpp_components.handlers import BackboneState
 
-    net = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
+    net = ConfigParser.load_config_files([str(CONFIGS / c) for c in TRAIN])
     parser = ConfigParser(net)
     backbone = parser.get_parsed_content("backbone")
     view = BackboneState(backbone, ["classification_head"])

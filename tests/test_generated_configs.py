@@ -58,7 +58,7 @@ def test_a_new_bundle_is_one_small_layer(tmp_path):
                     "inference.json": {"num_classes": 2, "class_names": ["normal", "pneumonia"]}},
     }))
     configs = compose(bundle)
-    busi = compose(ROOT / "bundles" / "breast_us_classification")
+    busi = compose(ROOT / "bundles" / "brain_mri_classification")  # a bundle on the family's default network
     assert set(configs) == set(busi)
     assert configs["train.json"]["default_class_names"] == ["normal", "pneumonia"]
     assert configs["train.json"]["head_norm"] is True and configs["inference.json"]["head_norm"] is True
@@ -96,3 +96,32 @@ def test_check_names_stale_files_and_writes_nothing(tmp_path):
                             text=True)
     assert result.returncode == 0, result.stderr
     assert "every generated config is up to date" in result.stdout
+
+
+def test_a_default_switch_is_folded_in_and_its_inverse_restores_the_family_default():
+    """breast_us_classification's default is the family's LiteMedSAM switch: the switch is a no-op over it, and
+    ``vit.json`` brings back the own ViT with stage 0 (its weights from stage 0's file, its budget, no head norm)."""
+    configs = ROOT / "bundles" / "breast_us_classification" / "configs"
+    for stage, files in config_fingerprints.STAGES.items():
+        if stage != "pretrain":
+            with_switch = files[:1] + ["litemedsam.json"] + files[1:]
+            assert config_fingerprints.resolved([configs / f for f in files]) == \
+                config_fingerprints.resolved([configs / f for f in with_switch]), stage
+    from monai.bundle import ConfigParser
+
+    default = ConfigParser.load_config_files([str(configs / "train.json")])
+    vit = ConfigParser.load_config_files([str(configs / "train.json"), str(configs / "vit.json")])
+    assert default["backbone"]["_target_"].endswith("TinyViTClassifier") and default["head_norm"] is True
+    assert vit["backbone"]["_target_"].endswith("ViTClassifier") and not vit["backbone"]["_target_"].endswith("TinyViTClassifier")
+    assert vit["backbone_weights"] == "$@ckpt_dir + '/backbone.pt'" and vit["head_norm"] is False
+    assert (vit["num_epochs"], vit["tpp_epochs"]) == (30, 20) and (default["num_epochs"], default["tpp_epochs"]) == (8, 5)
+
+
+def test_a_default_switch_naming_an_unknown_id_is_refused():
+    from tools.generate_bundles import fold_switch
+
+    built = {"train.json": {"a": 1}, "inference.json": {"a": 1}, "s.json": {"b": 2}}
+    with pytest.raises(LayerError, match=r"'b' is not in the config"):
+        fold_switch(built, "s.json", "inverse.json", {}, "layer.json")
+    with pytest.raises(LayerError, match=r"default_switch#switch 'x.json' is no config of this bundle"):
+        fold_switch(built, "x.json", "inverse.json", {}, "layer.json")

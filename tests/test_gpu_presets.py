@@ -23,8 +23,8 @@ BUNDLES = ROOT / "bundles"
 GPU = "gpu.json"
 #: bundle -> (switches before the preset, input shape of one image under the preset)
 PRESETS = {
-    "breast_us_classification": ([], (1, 256, 256)),
-    "breast_us_classification+litemedsam": (["litemedsam.json"], (3, 256, 256)),
+    "breast_us_classification": ([], (3, 256, 256)),
+    "breast_us_classification+vit": (["vit.json"], (1, 256, 256)),
     "brain_mri_classification": ([], (1, 256, 256)),
     "breast_us_segmentation": ([], (3, 256, 256)),
     "lung_ct_segmentation": ([], (3, 256, 256)),
@@ -76,7 +76,7 @@ def _one_iteration(bundle: Path, switches: list[str], datalist: str, tmp: Path, 
 
 
 def test_one_iteration_at_256_px_classification(small_demo_datalist, tmp_path):
-    shape = _one_iteration(BUNDLES / "breast_us_classification", ["litemedsam.json"], small_demo_datalist, tmp_path,
+    shape = _one_iteration(BUNDLES / "breast_us_classification", [], small_demo_datalist, tmp_path,
                            **{"train#dataloader#batch_size": 2})
     assert tuple(shape) == (3, 256, 256)
 

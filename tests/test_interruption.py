@@ -12,7 +12,9 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from bundle_utils import BUNDLE, TPP, TRAIN, run, workflow
+from bundle_utils import BUNDLE, run, workflow
+from bundle_utils import VIT_TPP as TPP
+from bundle_utils import VIT_TRAIN as TRAIN
 from conftest import ROOT
 from tools import kill_resume_check
 from tpp_components.handlers import (

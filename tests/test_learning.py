@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle_utils import PRETRAIN, reference_arm, run, stage_overrides, train_and_evaluate
+from bundle_utils import reference_arm, run, stage_overrides, train_and_evaluate
+from bundle_utils import VIT_PRETRAIN as PRETRAIN
 from conftest import require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi

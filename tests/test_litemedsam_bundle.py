@@ -1,8 +1,9 @@
-"""breast_us_classification with the LiteMedSAM switch (``configs/litemedsam.json``): every stage, and learning gates.
+"""breast_us_classification's default network, LiteMedSAM's TinyViT: every stage, and learning gates.
 
-The switch is merged after ``train.json`` and before the stage's file, as a user runs it::
+The stages run as a user runs them (``configs/litemedsam.json``, the switch that selected it before 0.4.0, is a
+no-op over the default: ``tests/test_generated_configs.py``)::
 
-    python -m monai.bundle run --config_file "['configs/train.json','configs/litemedsam.json','configs/tpp.json']"
+    python -m monai.bundle run --config_file "['configs/train.json','configs/tpp.json']"
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from tpp_components.peft import read_manifest
 
 pytestmark = needs_weights
 
-SWITCH = "litemedsam.json"
-TRAIN = ["train.json", SWITCH]
-TPP = ["train.json", SWITCH, "tpp.json"]
-EVALUATE = ["train.json", SWITCH, "evaluate.json"]
-INFER = ["inference.json", SWITCH]
+TRAIN = ["train.json"]
+TPP = ["train.json", "tpp.json"]
+EVALUATE = ["train.json", "evaluate.json"]
+INFER = ["inference.json"]
 
 #: generated data, 32 px: balanced accuracy over the trivial predictor's 1/3, in points
 #: (measured on the demo test split, n=36: linear probe 0.889 (+56), LoRA 0.750 (+42))

@@ -11,7 +11,10 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from safetensors.torch import load_file
 
-from bundle_utils import PRETRAIN, TPP, TRAIN, run, stage_overrides
+from bundle_utils import run, stage_overrides
+from bundle_utils import VIT_PRETRAIN as PRETRAIN
+from bundle_utils import VIT_TPP as TPP
+from bundle_utils import VIT_TRAIN as TRAIN
 from cases import CASES, METHODS, image_size, make_backbone, supported
 from tpp_components.inferers import PRECISIONS, MixedPrecisionInferer, autocast_dtype, cpu_supports_bf16
 from tpp_components.networks import build_network

@@ -84,11 +84,11 @@ def _random_model(bundle: Path) -> None:
 
 
 def _trained_classifier(bundle: Path, tmp: Path) -> None:
-    """Stage 0, TPP and fine-tuning, one epoch each on synthetic images, into the copy's ``models/``."""
+    """TPP and fine-tuning of the default network (LiteMedSAM's encoder), one epoch each on synthetic images,
+    into the copy's ``models/``."""
     data = make_demo_dataset(tmp / "cls_data", num_per_class=4, image_size=64, seed=0)
     datalist = str(prepare_busi(data_dir=str(data), output=str(tmp / "cls_datalist.json"), seed=0))
     common = {"bundle": bundle, "datalist": datalist, "num_epochs": 1}
-    run(["train.json", "pretrain.json"], output_dir=str(tmp / "cls_logs" / "pretrain"), **common)
     run(["train.json", "tpp.json"], output_dir=str(tmp / "cls_logs" / "tpp"), **common)
     run(["train.json"], output_dir=str(tmp / "cls_logs" / "train"), **common)
 

@@ -197,27 +197,27 @@ def equivalence(bundle: Path, configs: list[str], common: dict, batch: int, tmp:
 
 @pytest.mark.slow
 def test_torchrun_2d_stage0_tpp_train_equivalent(small_demo_datalist, tmp_path):
-    """breast_us_classification (2D ViT, MAE): stage 0 and TPP merged with multi_gpu_tpp.json, fine-tuning with
-    multi_gpu_train.json; 12 synthetic training images, one epoch each."""
+    """breast_us_classification with its own 2D ViT (``vit.json``, MAE): stage 0 and TPP merged with
+    multi_gpu_tpp.json, fine-tuning with multi_gpu_train.json; 12 synthetic training images, one epoch each."""
     from tpp_components.peft import read_manifest
 
     bundle = ROOT / "bundles" / "breast_us_classification"
     datalist = small_demo_datalist
     rank0 = tmp_path / "models_rank0"
-    torchrun(bundle, ["train.json", "pretrain.json", "multi_gpu_tpp.json"],
+    torchrun(bundle, ["train.json", "vit.json", "pretrain.json", "multi_gpu_tpp.json"],
              {"datalist": datalist, "num_epochs": 1, **per_rank(tmp_path, "pretrain"), "train#dataloader#batch_size": 2},
              tmp_path, "pretrain")
     # later stages read rank 0's files (a rank's own folder would name nothing on rank 1)
     inputs = {"datalist": datalist, "num_epochs": 1, "backbone_weights": str(rank0 / "backbone.pt"),
               "pretext_decoder": str(rank0 / "pretext_decoder.pt"), "tpp_target_parameters": str(rank0 / "tpp_target_parameters.safetensors")}
-    torchrun(bundle, ["train.json", "tpp.json", "multi_gpu_tpp.json"],
+    torchrun(bundle, ["train.json", "vit.json", "tpp.json", "multi_gpu_tpp.json"],
              {**inputs, **per_rank(tmp_path, "tpp"), "train#dataloader#batch_size": 2}, tmp_path, "tpp")
     manifest = read_manifest(rank0 / "tpp_target_parameters.safetensors")
     tpp = load_file(str(rank0 / "tpp_target_parameters.safetensors"))
     assert any("lora_b" in k.lower() and v.abs().max() > 0 for k, v in tpp.items()), "TPP left LoRA B at zero"
     # fine-tuning from the TPP result: 3 steps of a global batch of 4
     common = {**inputs, "init": "tpp", "train#augmentation": []}
-    difference, _ = equivalence(bundle, ["train.json"], common, 4, tmp_path, "train")
+    difference, _ = equivalence(bundle, ["train.json", "vit.json"], common, 4, tmp_path, "train")
     print(f"2D: max |2-process - 1-process| of the target parameters after 3 steps: {difference:.3g}")
     assert difference <= ATOL
     assert {"backbone.pt", "pretext_decoder.pt", "tpp_target_parameters.safetensors", "target_parameters.safetensors",

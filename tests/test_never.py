@@ -140,17 +140,20 @@ def _run_checked(configs: list[str], bundle: Path, reference: dict[str, torch.Te
     return before
 
 
-def _every_stage(bundle: Path, datalist: str, tmp: Path, inference_input: str, **small) -> None:
-    """Stage 0, TPP, fine-tuning (interrupted, then resumed), evaluation and inference into ``tmp``."""
+def _every_stage(bundle: Path, datalist: str, tmp: Path, inference_input: str, switches: tuple[str, ...] = (),
+                 **small) -> None:
+    """Stage 0, TPP, fine-tuning (interrupted, then resumed), evaluation and inference into ``tmp``; ``switches``
+    go after train.json / inference.json (a network with stage 0)."""
     common = {"datalist": datalist, "ckpt_dir": str(tmp / "models"), "num_epochs": 1, **small}
-    run(["train.json", "pretrain.json"], bundle=bundle, output_dir=str(tmp / "logs" / "pretrain"), **common)
+    base = ["train.json", *switches]
+    run([*base, "pretrain.json"], bundle=bundle, output_dir=str(tmp / "logs" / "pretrain"), **common)
     stage0 = torch.load(tmp / "models" / "backbone.pt", weights_only=True)
-    _run_checked(["train.json", "tpp.json"], bundle, stage0, output_dir=str(tmp / "logs" / "tpp"), **common)
+    _run_checked([*base, "tpp.json"], bundle, stage0, output_dir=str(tmp / "logs" / "tpp"), **common)
     train = {**common, "output_dir": str(tmp / "logs" / "train"), "init": "tpp", "num_epochs": 2}
-    _run_checked(["train.json"], bundle, stage0, kill_in_epoch_2=True, **train)
-    _run_checked(["train.json"], bundle, stage0, resume=True, **train)
-    run(["train.json", "evaluate.json"], bundle=bundle, output_dir=str(tmp / "eval"), **common)
-    run(["inference.json"], bundle=bundle, workflow_type="infer", input_dir=inference_input, output_dir=str(tmp / "pred"),
+    _run_checked(base, bundle, stage0, kill_in_epoch_2=True, **train)
+    _run_checked(base, bundle, stage0, resume=True, **train)
+    run([*base, "evaluate.json"], bundle=bundle, output_dir=str(tmp / "eval"), **common)
+    run(["inference.json", *switches], bundle=bundle, workflow_type="infer", input_dir=inference_input, output_dir=str(tmp / "pred"),
         ckpt_dir=str(tmp / "models"), **{k: v for k, v in small.items() if not k.startswith("train#")})
     assert any((tmp / "pred").rglob("*")), "inference wrote nothing"
 
@@ -161,7 +164,8 @@ def test_2d_bundle_every_stage_without_pickle_or_network(guards, classification_
     images.mkdir()
     for item in load_datalist(classification_datalist)["test"][:2]:
         (images / Path(item["image"]).name).write_bytes(Path(item["image"]).read_bytes())
-    _every_stage(CLASSIFICATION, classification_datalist, tmp_path, str(images), **{"train#dataloader#batch_size": 8})
+    _every_stage(CLASSIFICATION, classification_datalist, tmp_path, str(images), ("vit.json",),
+                 **{"train#dataloader#batch_size": 8})
     # checkpoints, the stage-0 backbone and decoder, resume and evaluation all loaded (weights only)
     assert guards["torch.load"] >= 5 and guards["network"] == 0, guards
 

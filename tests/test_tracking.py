@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from monai.utils import path_to_sqlite_uri
 
-from bundle_utils import EVALUATE, TPP, TRAIN, run, stage_overrides
+from bundle_utils import run, stage_overrides
+from bundle_utils import VIT_EVALUATE as EVALUATE
+from bundle_utils import VIT_TPP as TPP
+from bundle_utils import VIT_TRAIN as TRAIN
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is in requirements.txt; install it to test tracking")
 

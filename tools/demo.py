@@ -1,4 +1,5 @@
-"""The main job on an embedded default: the whole TPP pipeline of the breast-ultrasound bundle on
+"""The main job on an embedded default: the whole TPP pipeline of the breast-ultrasound bundle with its own ViT
+(``configs/vit.json``, which has the stage-0 pretraining a dataset of its own shows best) on
 a synthetic demo dataset the project generates itself (no download), then the test metrics of
 the linear probe (is the backbone worth adapting?) and of the same PEFT method (LoRA) started
 from TPP and from its standard initialisation.
@@ -41,7 +42,7 @@ def main(
     result = run_experiment(
         datalist=str(datalist), workdir=str(work / "experiment"), methods=["lora"], seeds=list(seeds),
         pretrain_epochs=pretrain_epochs, tpp_epochs=tpp_epochs, train_epochs=train_epochs,
-        reference_arms=["linear_probe"], threads=threads,
+        reference_arms=["linear_probe"], threads=threads, switch="vit.json", stage0=True,
     )
     print("\nDemo (synthetic data, LoRA r=8): test metrics, same budget; the LoRA arms are one config value apart")
     for arm in ("linear_probe/standard", "lora/tpp", "lora/standard"):

@@ -43,6 +43,15 @@ from tpp_components.handlers.checkpoints import latest_checkpoint  # noqa: E402
 DEFAULT_BUNDLE = ROOT / "bundles" / "breast_us_classification"
 STAGES = ("pretrain", "tpp", "train")
 CONFIGS = {"pretrain": ["train.json", "pretrain.json"], "tpp": ["train.json", "tpp.json"], "train": ["train.json"]}
+#: a switch to a network with stage 0, merged after train.json where the bundle has it (breast_us_classification's
+#: default is the pretrained LiteMedSAM encoder, which has no stage 0)
+STAGE0_SWITCH = "vit.json"
+
+
+def stage_configs(bundle: Path, stage: str) -> list[str]:
+    """``CONFIGS[stage]`` with :data:`STAGE0_SWITCH` after ``train.json`` when ``bundle`` has it."""
+    first, *rest = CONFIGS[stage]
+    return [first, *([STAGE0_SWITCH] if (bundle / "configs" / STAGE0_SWITCH).is_file() else []), *rest]
 #: small batches: several iterations per epoch, so that kills also land mid-epoch
 BATCH_SIZE = 8
 #: what each stage writes into ``models/`` (compared with the reference)
@@ -75,7 +84,7 @@ def stage_overrides(stage: str, run_dir: Path, reference: Path, datalist: str, e
 
 
 def command(bundle: Path, stage: str, overrides: dict, resume: bool) -> list[str]:
-    return bundle_command(bundle, CONFIGS[stage], {**overrides, "resume": resume})
+    return bundle_command(bundle, stage_configs(bundle, stage), {**overrides, "resume": resume})
 
 
 def environment() -> dict:

@@ -13,7 +13,7 @@ peak memory) go to ``<workdir>/results.json`` and ``<workdir>/results.md``.
 
 Example::
 
-    python tools/tpp_experiment.py --datalist busi.json --workdir runs/busi \
+    python tools/tpp_experiment.py --datalist busi.json --workdir runs/busi --switch vit.json --stage0 True \
         --backbone runs/stage0/backbone.pt --methods "['lora','adapter']" --seeds "[0,1,2,3,4]" --jobs 2
 """
 
@@ -204,11 +204,13 @@ def run(
     threads: int = 2,
     bundle: str = str(DEFAULT_BUNDLE),
     switch: str | None = None,
+    stage0: bool = False,
     overrides: dict | None = None,
     resume: bool = False,
     summarise_only: bool = False,
 ) -> dict:
-    """Run stage 0 (unless ``backbone`` is given), the reference arms, then TPP and fine-tuning per method and seed.
+    """Run stage 0 (for a network without pretrained weights), the reference arms, then TPP and fine-tuning per
+    method and seed.
 
     Args:
         datalist: labelled datalist (training / validation / test) of the downstream task.
@@ -216,7 +218,7 @@ def run(
         methods: keys of :data:`METHODS`.
         seeds: one TPP run and two fine-tuning runs (tpp, standard) per method and seed.
         backbone: an existing stage-0 ``backbone.pt`` (its ``pretext_decoder.pt`` beside it is
-            reused by TPP); otherwise stage 0 runs on ``pretrain_datalist``.
+            reused by TPP), instead of running stage 0.
         pretrain_datalist: unlabeled images for stage 0 (defaults to ``datalist``'s training split).
         pretrain_epochs / tpp_epochs / train_epochs: budgets, identical for every arm.
         reference_arms: keys of :data:`REFERENCE_ARMS`, run first (one run per seed).
@@ -228,9 +230,11 @@ def run(
         jobs: runs in parallel (each with ``threads`` torch threads: keep jobs x threads <= cores).
         threads: torch threads per run.
         bundle: bundle folder.
-        switch: a backbone switch of the bundle (e.g. ``"litemedsam.json"``), merged after
-            ``train.json`` in every stage. Its backbone is pretrained: there is no stage 0, the
-            switch supplies the weights, and TPP starts from a fresh decoder.
+        switch: a backbone switch of the bundle (e.g. ``"vit.json"``), merged after ``train.json`` in every stage.
+        stage0: the network has no pretrained weights (breast_us_classification's ``vit.json``): stage 0 runs on
+            ``pretrain_datalist`` unless ``backbone`` is given, and TPP reuses its decoder. Otherwise (the bundles'
+            default pretrained encoders) there is no stage 0, the config supplies the weights, and TPP starts from
+            a fresh decoder.
         overrides: config values (``{"head_norm": True}``) given to every stage of every arm, after
             the switch and before the arm's own values; recorded in the report's settings.
         resume: reuse the TPP and fine-tuning runs of ``workdir`` whose logs say they finished
@@ -248,9 +252,10 @@ def run(
     num_classes = len(json.loads(Path(datalist).read_text()).get("labels") or {}) or 3
     timings: dict[str, float] = {}
     base = ["train.json"] + ([switch] if switch else [])
-    if switch and backbone is not None:
-        raise ValueError(f"the switch '{switch}' supplies its pretrained backbone; do not give backbone={backbone!r} too.")
-    if switch:
+    if not stage0 and backbone is not None:
+        raise ValueError(f"backbone={backbone!r} is a stage-0 checkpoint: give stage0=True (and the switch of a network "
+                         "with stage 0, e.g. vit.json); a pretrained network's config supplies its own weights.")
+    if not stage0:
         common, decoder = {"datalist": datalist}, None
     else:
         if backbone is None:
@@ -315,7 +320,7 @@ def run(
         tpp_futures = [pool.submit(tpp_job, *j) for j in tpp_jobs]
         timings["tpp"] = sum(f.result()[1] for f in tpp_futures)
         runs = [f.result() for f in [pool.submit(train_job, *j) for j in train_jobs]]
-    curves = {} if switch else {"stage 0": pretext_curve(backbone_path.parent / "logs")}
+    curves = {"stage 0": pretext_curve(backbone_path.parent / "logs")} if stage0 else {}
     for m in methods:
         if seeds:
             curves[f"TPP {m} seed {seeds[0]}"] = pretext_curve(run_dir_of(work, m, seeds[0], "stage1_tpp") / "logs")
@@ -326,7 +331,8 @@ def run(
     # Linux reports ru_maxrss in KiB: the largest resident set of any finished stage
     timings["peak_rss_mib_any_stage"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     settings = {"datalist": datalist, "methods": list(methods), "seeds": list(seeds),
-                "backbone": switch or str(backbone_path), "overrides": overrides or {},
+                "switch": switch, "backbone": str(backbone_path) if stage0 else "pretrained (from the config)",
+                "overrides": overrides or {},
                 "pretrain_epochs": pretrain_epochs, "tpp_epochs": tpp_epochs, "train_epochs": train_epochs,
                 "reference_arms": {a: REFERENCE_ARMS[a] for a in reference_arms},
                 "peft": {m: METHODS[m] for m in methods}, "jobs": jobs, "threads": threads}
