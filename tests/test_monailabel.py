@@ -475,7 +475,7 @@ def test_head_state_requires_every_head_key():
     from tpp_components.pretext import head_modules
 
     head = states.HeadState(net, head_modules(net))
-    full = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    full = {k: torch.randn_like(v) if v.is_floating_point() else v + 1 for k, v in net.state_dict().items()}
     before = net.state_dict()
     head.load_state_dict(full)
     after = net.state_dict()

@@ -197,8 +197,8 @@ SMALL_TINYVIT = {"backbone#embed_dims": [8, 16, 16, 32], "backbone#depths": [1, 
 
 #: the backbone kinds of the bundles: (bundle, switches, small-size overrides); every frozen backbone is random
 BACKBONES = {
-    "vit_2d": (CLASSIFICATION, [], {}),
-    "tinyvit_2d": (CLASSIFICATION, ["litemedsam.json"], {"image_size": 64, **SMALL_TINYVIT}),
+    "vit_2d": (CLASSIFICATION, ["vit.json"], {}),
+    "tinyvit_2d": (CLASSIFICATION, [], {"image_size": 64, **SMALL_TINYVIT}),
     "unetr_2d": (SEGMENTATION, [UNETR], {"backbone#hidden_size": 48, "backbone#mlp_dim": 96, "backbone#feature_size": 8,
                                          "pretext#decoder_hidden": 16, "pretext#decoder_layers": 1, "pretext#decoder_heads": 2}),
     "tinyvit_segmenter_2d": (SEGMENTATION, [], {**SMALL_TINYVIT, "backbone#decoder_channels": 8}),

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tpp_components.networks.head_norm import HeadNorm
 from tpp_components.networks.tiny_vit import TinyViT
 
 __all__ = ["TinyViTClassifier"]
@@ -44,7 +45,7 @@ class TinyViTClassifier(TinyViT):
         self.head_norm = bool(head_norm)
         if self.head_norm:
             self.classification_head: nn.Module = nn.Sequential(
-                nn.BatchNorm1d(features, affine=False, momentum=None), linear
+                HeadNorm(features), linear
             )
         else:
             self.classification_head = linear

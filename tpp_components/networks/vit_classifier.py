@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import ViT
 
+from tpp_components.networks.head_norm import HeadNorm
+
 __all__ = ["ViTClassifier", "POOLING_CHOICES"]
 
 #: how the token sequence becomes one feature vector
@@ -55,7 +57,7 @@ class ViTClassifier(ViT):
             linear = self.classification_head
             # momentum=None: a cumulative average, exact after one epoch over frozen features, so an
             # early best-metric checkpoint does not carry half-warmed statistics
-            norm = nn.BatchNorm1d(linear.in_features, affine=False, momentum=None)
+            norm = HeadNorm(linear.in_features)
             self.classification_head = nn.Sequential(norm, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
