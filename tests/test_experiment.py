@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from tools.tpp_experiment import GATE_MIN_AUC, backbone_gate, summarise, t_interval
+from tools.study.experiment_report import GATE_MIN_AUC, backbone_gate, summarise
+from tools.study.stats import t_interval
 
 
 def _run(arm: str, seed: int, auc: float, bal: float) -> dict:
