@@ -77,8 +77,7 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def _check_outputs(tmp: Path, datalist: str, num_images: int = 3) -> None:
     models = tmp / "models"
-    for name in ("backbone.pt", "tpp_target_parameters.safetensors", "tpp_target_parameters.json",
-                 "model.pt", "target_parameters.safetensors", "target_parameters.json"):
+    for name in ("backbone.pt", "tpp_target_parameters.safetensors", "model.pt", "target_parameters.safetensors"):
         assert (models / name).is_file(), name
     classes = ["normal", "benign", "malignant"]
     report = json.loads((tmp / "eval" / "classification_report.json").read_text())

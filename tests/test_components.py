@@ -33,14 +33,30 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
 
 
 def test_manifest_problems_are_named(tmp_path):
+    """The manifest lives in the file's header (one atomic file); an earlier file's manifest beside it still reads."""
+    from safetensors.torch import load_file, save_file
+
+    from tpp_components.peft import read_manifest
+
     net = build_network(make_backbone("vit", 2), peft={"method": "lora", "r": 2}, allow_random_backbone=True)
     path = save_target_parameters(net, tmp_path / "tp.safetensors")
-    path.with_suffix(".json").write_text("{not json")
-    with pytest.raises(TargetParameterError, match="tp.json' is not valid JSON"):
-        load_target_parameters(net, path)
-    path.with_suffix(".json").unlink()
-    with pytest.raises(TargetParameterError, match="no manifest"):
-        load_target_parameters(net, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tp.safetensors"]
+    manifest = read_manifest(path)
+    assert manifest["method"] == "lora" and load_target_parameters(net, path) is net
+    # an earlier file: tensors without a manifest in the header, the manifest beside them
+    earlier = tmp_path / "earlier.safetensors"
+    save_file(load_file(str(path)), str(earlier), metadata={"format": manifest["format"]})
+    earlier.with_suffix(".json").write_text(json.dumps(manifest))
+    assert read_manifest(earlier) == manifest and load_target_parameters(net, earlier) is net
+    earlier.with_suffix(".json").write_text("{not json")
+    with pytest.raises(TargetParameterError, match="earlier.json' is not valid JSON"):
+        load_target_parameters(net, earlier)
+    earlier.with_suffix(".json").unlink()
+    with pytest.raises(TargetParameterError, match="have no manifest: none in the file's header, no '.*earlier.json'"):
+        load_target_parameters(net, earlier)
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(TargetParameterError, match="garbage.safetensors' cannot be read as safetensors"):
+        read_manifest(tmp_path / "garbage.safetensors")
     with pytest.raises(ValueError, match="safetensors"):
         save_target_parameters(net, tmp_path / "tp.pt")
 

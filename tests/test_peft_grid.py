@@ -18,6 +18,7 @@ from tpp_components.peft import (
     inject,
     load_target_parameters,
     merge,
+    read_manifest,
     save_target_parameters,
     set_trainable,
     target_parameters,
@@ -132,7 +133,7 @@ def test_save_load_round_trip_and_refusals(method, kind, dims, tmp_path):
     heads = head_modules(net)
     _perturb_targets(net)
     path = save_target_parameters(net, tmp_path / "tp.safetensors", heads)
-    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert path.is_file() and not path.with_suffix(".json").exists() and read_manifest(path)["method"]
     fresh = _inject(kind, dims, method).eval()
     load_target_parameters(fresh, path, heads)
     for name, p in target_parameters(net).items():
@@ -159,12 +160,15 @@ def test_refuses_other_rank_and_missing_keys(kind, dims, tmp_path):
     with pytest.raises(TargetParameterError, match=r"r: saved 4 vs network 8"):
         load_target_parameters(other_rank, path, heads)
     # same config but a tampered file with a key removed: refused, nothing loaded
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()  # the manifest stays: only the tensors are tampered with
     tensors = load_file(str(path))
     dropped = sorted(tensors)[0]
     del tensors[dropped]
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=header)
     fresh = _inject(kind, dims, "lora")
     before = {k: v.clone() for k, v in target_parameters(fresh).items()}
     with pytest.raises(TargetParameterError, match="missing keys") as err:

@@ -103,7 +103,7 @@ def unzipped(trained, tmp_path_factory) -> Path:
 def test_package_layout_metadata_and_vendored_code(unzipped):
     # the zoo's necessary and preferred files (an exact LICENSE), and model.ts
     for rel in ("LICENSE", "configs/metadata.json", "configs/inference.json", "models/model.pt", "models/model.ts",
-                "models/target_parameters.safetensors", "models/target_parameters.json"):
+                "models/target_parameters.safetensors"):
         assert (unzipped / rel).is_file(), rel
     assert (unzipped / "LICENSE").read_bytes() == (BUNDLE / "LICENSE").read_bytes()
     assert not (unzipped / "large_files.yml").exists()  # the tiny model is under 25 MB

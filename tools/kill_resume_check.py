@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 from tools.bundle_command import bundle_command  # noqa: E402
 from tpp_components.handlers.checkpoints import latest_checkpoint  # noqa: E402
+from tpp_components.peft import read_manifest  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "breast_us_classification"
 STAGES = ("pretrain", "tpp", "train")
@@ -148,7 +149,7 @@ def check_files(*folders: Path) -> list[str]:
                 torch.load(path, map_location="cpu", weights_only=True)  # raises on a truncated file
             elif path.suffix == ".safetensors":
                 load_file(str(path))
-                json.loads(path.with_suffix(".json").read_text())
+                read_manifest(path)  # the manifest in the header: raises on a truncated or foreign file
     return temporaries
 
 

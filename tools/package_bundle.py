@@ -226,7 +226,7 @@ def main(
             f"'{ckpt / 'model.pt'}' not found: the fine-tuning stage writes it (python -m monai.bundle run --config_file "
             "configs/train.json ...; DeployableState saves the merged network). Train first, or give --ckpt_dir."
         )
-    shipped = ["model.pt"] + (["target_parameters.safetensors", "target_parameters.json"] if target_parameters else [])
+    shipped = ["model.pt"] + (["target_parameters.safetensors"] if target_parameters else [])
     missing = [name for name in shipped if not (ckpt / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{missing} not found in '{ckpt}' (--target_parameters ships the fine-tuned ones).")

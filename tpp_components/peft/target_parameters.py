@@ -1,8 +1,10 @@
 """The target-parameter contract: which tensors TPP trains, and how they are saved and loaded.
 
-Target parameters are saved as safetensors beside a JSON manifest (``<file>.json``) recording
-the method and its configuration, the identity of the frozen backbone (architecture and weight
-fingerprint) and the library versions. Loading checks all of it and refuses to load partially.
+Target parameters are saved as one safetensors file whose header metadata holds the manifest (JSON under the key
+``manifest``): the method and its configuration, the identity of the frozen backbone (architecture and weight
+fingerprint) and the library versions. One file, written atomically: tensors and manifest cannot disagree.
+Loading checks all of it and refuses to load partially. Files written before the manifest moved into the header
+keep it beside them (``<file>.json``), which :func:`read_manifest` still reads.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from tpp_components.io import atomic_path, atomic_write_text
+from tpp_components.io import atomic_path
 from tpp_components.peft.base import is_under
 from tpp_components.peft.freeze import freeze_running_stats
 from tpp_components.peft.inject import get_peft_method, unwrap
@@ -128,15 +131,19 @@ def _manifest(network: nn.Module, head_modules: Sequence[str]) -> dict[str, Any]
     }
 
 
+#: the safetensors header key that holds the manifest
+MANIFEST_KEY = "manifest"
+
+
 def manifest_path(path: str | os.PathLike) -> Path:
-    """The manifest beside a target-parameter file: ``x.safetensors`` -> ``x.json``."""
+    """Where files written before the manifest moved into the header keep it: ``x.safetensors`` -> ``x.json``."""
     return Path(path).with_suffix(".json")
 
 
 def save_target_parameters(
     network: nn.Module, path: str | os.PathLike, head_modules: Sequence[str] = (), extra: dict | None = None
 ) -> Path:
-    """Save the target parameters to ``path`` (safetensors) and the manifest beside it, atomically.
+    """Save the target parameters and their manifest to ``path``, one safetensors file written atomically.
 
     Args:
         network: an injected network.
@@ -151,23 +158,33 @@ def save_target_parameters(
     manifest = _manifest(network, head_modules)
     if extra:
         manifest["extra"] = extra
+    metadata = {"format": MANIFEST_FORMAT, "method": manifest["method"], MANIFEST_KEY: json.dumps(manifest)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": MANIFEST_FORMAT, "method": manifest["method"]})
-        atomic_write_text(manifest_path(path), json.dumps(manifest, indent=4))
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the manifest of target-parameter file ``path``, naming the file on any problem."""
-    mpath = manifest_path(path)
-    if not mpath.is_file():
-        raise TargetParameterError(f"no manifest '{mpath}' beside target parameters '{path}'.")
+    """Read the manifest of target-parameter file ``path`` (its header; for an earlier file, the ``.json`` beside it),
+    naming the file on any problem."""
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (OSError, SafetensorError) as e:
+        raise TargetParameterError(f"target parameters '{path}' cannot be read as safetensors: {e}") from e
+    text, where = header.get(MANIFEST_KEY), f"the header of '{path}'"
+    if text is None:
+        mpath = manifest_path(path)
+        if not mpath.is_file():
+            raise TargetParameterError(f"target parameters '{path}' have no manifest: none in the file's header, no "
+                                       f"'{mpath}' beside it (a file written by save_target_parameters has one).")
+        text, where = mpath.read_text(encoding="utf-8"), f"manifest '{mpath}'"
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
-        raise TargetParameterError(f"manifest '{mpath}' is not valid JSON: {e}") from e
+        raise TargetParameterError(f"{where} is not valid JSON: {e}") from e
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise TargetParameterError(f"manifest '{mpath}': format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}.")
+        raise TargetParameterError(f"{where}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}.")
     return manifest
 
 
