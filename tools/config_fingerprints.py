@@ -27,9 +27,12 @@ from typing import Any
 
 import fire
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
+
+from tools.generate_bundles import HEADER_KEY  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINTS = ROOT / "tests" / "data" / "config_fingerprints.json"
-HEADER_KEY = "_generated_"
 #: each stage as its config files, merged left to right (a switch goes after the stage's first file)
 STAGES = {
     "train": ["train.json"],

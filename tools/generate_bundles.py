@@ -59,12 +59,12 @@ class LayerError(ValueError):
     """A layer that cannot be applied, or a bundle that leaves a required setting unset."""
 
 
-def set_id(config: dict, id_: str, value: Any, source: str) -> None:
-    """Set ``value`` at the MONAI id ``id_`` (``a#b#0``) of ``config``.
+def _locate(config: dict, id_: str, source: str) -> tuple[dict | list, str | int]:
+    """The container that holds the MONAI id ``id_`` (``a#b#0``) of ``config``, and its key there.
 
     Stage override files keep ids as literal keys (``evaluate.json``'s ``"validate#handlers"``, which MONAI resolves
     when it merges the file over ``train.json``), so each level takes the longest run of ``#``-joined parts that is
-    a key there; parts that match no key become one new key, as written.
+    a key there; parts that match no key are one key, as written (which :func:`set_id` creates).
     """
     parts = id_.split(ID_SEP)
     node: Any = config
@@ -72,35 +72,29 @@ def set_id(config: dict, id_: str, value: Any, source: str) -> None:
         if isinstance(node, list):
             index = _index(node, parts[0], id_, source)
             if len(parts) == 1:
-                node[index] = copy.deepcopy(value)
-                return
+                return node, index
             node, parts = node[index], parts[1:]
         elif isinstance(node, dict):
             n = next((n for n in range(len(parts), 0, -1) if ID_SEP.join(parts[:n]) in node), 0)
             if n == 0 or n == len(parts):
-                node[ID_SEP.join(parts)] = copy.deepcopy(value)
-                return
+                return node, ID_SEP.join(parts)
             node, parts = node[ID_SEP.join(parts[:n])], parts[n:]
         else:
-            raise LayerError(f"{source}: cannot set '{id_}': it runs through a {type(node).__name__}, not a dict "
-                             "or list")
+            raise LayerError(f"{source}: '{id_}' runs through a {type(node).__name__}, not a dict or list")
+
+
+def set_id(config: dict, id_: str, value: Any, source: str) -> None:
+    """Set ``value`` at the MONAI id ``id_`` of ``config`` (:func:`_locate`), creating the key where it is new."""
+    container, key = _locate(config, id_, source)
+    container[key] = copy.deepcopy(value)
 
 
 def get_id(config: dict, id_: str, source: str) -> Any:
     """The value at the MONAI id ``id_`` of ``config``, read as :func:`set_id` writes it."""
-    parts = id_.split(ID_SEP)
-    node: Any = config
-    while parts:
-        if isinstance(node, list):
-            node, parts = node[_index(node, parts[0], id_, source)], parts[1:]
-        elif isinstance(node, dict):
-            n = next((n for n in range(len(parts), 0, -1) if ID_SEP.join(parts[:n]) in node), 0)
-            if n == 0:
-                raise LayerError(f"{source}: '{id_}' is not in the config")
-            node, parts = node[ID_SEP.join(parts[:n])], parts[n:]
-        else:
-            raise LayerError(f"{source}: '{id_}' runs through a {type(node).__name__}, not a dict or list")
-    return node
+    container, key = _locate(config, id_, source)
+    if isinstance(container, dict) and key not in container:
+        raise LayerError(f"{source}: '{id_}' is not in the config")
+    return container[key]
 
 
 def _index(node: list, key: str, id_: str, source: str) -> int:
