@@ -114,3 +114,25 @@ def test_pretext_curve_keeps_the_newest_value_of_each_epoch(tmp_path):
     curve = pretext_curve(tmp_path / "logs")
     assert [s for s, _ in curve] == [1, 2, 3] and [round(v, 3) for _, v in curve] == [0.6, 0.5, 0.7]
     assert pretext_curve(tmp_path / "absent") == []
+
+
+def test_stage0_runs_under_the_switch_of_a_network_with_stage_0(tmp_path, monkeypatch):
+    """``stage0=True`` with ``switch="vit.json"`` (the demo's run): every stage, stage 0 included, merges the switch."""
+    import json
+    from pathlib import Path
+
+    from tools import tpp_experiment
+
+    calls: list[str] = []
+
+    def fake_bundle_run(bundle, configs, overrides, log: Path, threads):
+        calls.append(" ".join(configs))
+        raise RuntimeError("stop after the first stage")
+
+    monkeypatch.setattr(tpp_experiment, "bundle_run", fake_bundle_run)
+    datalist = tmp_path / "d.json"
+    datalist.write_text(json.dumps({"labels": {"0": "a", "1": "b"}, "training": [], "validation": [], "test": []}))
+    with pytest.raises(RuntimeError, match="stop after the first stage"):
+        tpp_experiment.run(datalist=str(datalist), workdir=str(tmp_path / "exp"), methods=["lora"], seeds=[0],
+                           reference_arms=[], switch="vit.json", stage0=True)
+    assert calls == ["train.json vit.json pretrain.json"]

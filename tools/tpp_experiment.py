@@ -146,7 +146,7 @@ def run(
         if backbone is None:
             backbone = str(work / "stage0" / "backbone.pt")
             timings["pretrain"] = bundle_run(
-                bundle_path, ["train.json", "pretrain.json"],
+                bundle_path, base + ["pretrain.json"],
                 {"datalist": str(Path(pretrain_datalist).resolve()) if pretrain_datalist else datalist,
                  "ckpt_dir": str(work / "stage0"), "output_dir": str(work / "stage0" / "logs"), "num_epochs": pretrain_epochs},
                 work / "stage0" / "pretrain.log", threads * jobs,
