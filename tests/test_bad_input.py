@@ -25,7 +25,8 @@ from conftest import ROOT
 from tools.bundle_command import bundle_command
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
-from tpp_components.bundle_checks import ConfigOverrideError, InputFileError, OutputFolderError, check_cli_overrides
+from tpp_components.bundle_checks import (ConfigOverrideError, InputFileError, OutputFolderError, check_cli_overrides,
+                                          culprit)
 from tpp_components.data import DatalistError, load_datalist
 from tpp_components.networks.weights import WeightsError
 from tpp_components.peft import TargetParameterError
@@ -40,14 +41,6 @@ SENTINEL = b"a model written by an earlier run"
 
 
 # ---------------------------------------------------------------- helpers
-
-def root_error(err: BaseException) -> BaseException:
-    """The error that names the culprit: the outermost one that is not MONAI's ``RuntimeError`` wrapper."""
-    chain = [err]
-    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None:
-        chain.append(inner)
-    return next((e for e in chain if type(e) is not RuntimeError), chain[-1])
-
 
 @pytest.fixture
 def written(tmp_path) -> Path:
@@ -68,7 +61,7 @@ def refused(bundle: Path, configs: list[str], error: type, names: list[str], wri
     with pytest.raises(Exception) as info:
         workflow(configs, workflow_type=workflow_type, bundle=bundle, ckpt_dir=str(written),
                  **{"output_dir": str(written.parent / "logs"), **overrides})
-    cause = root_error(info.value)
+    cause = culprit(info.value)
     first = str(cause).splitlines()[0]
     assert isinstance(cause, error), f"{type(cause).__name__}: {cause}"
     for name in names:
@@ -374,7 +367,7 @@ def test_evaluation_without_model_pt_names_ckpt_dir_before_reading_data(bundle, 
     models = tmp_path / "runs" / "models"
     with pytest.raises(Exception) as info:
         workflow(EVALUATE, bundle=bundle, datalist=path, ckpt_dir=str(models), output_dir=str(tmp_path / "eval"))
-    cause = root_error(info.value)
+    cause = culprit(info.value)
     first = str(cause).splitlines()[0]
     assert isinstance(cause, InputFileError), f"{type(cause).__name__}: {cause}"
     assert f"model_file: '{models / 'model.pt'}' not found" in first and "--ckpt_dir" in first, first
@@ -464,7 +457,7 @@ def test_full_disk_while_saving_target_parameters(demo, tmp_path, written, monke
     monkeypatch.setattr(importlib.import_module("tpp_components.peft.target_parameters"), "save_file", full_disk)
     with pytest.raises(Exception) as info:
         run(CLS_TPP, bundle=CLS, output_dir=str(tmp_path / "tpp2"), **tpp)
-    cause = root_error(info.value)
+    cause = culprit(info.value)
     assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC and str(target) in str(cause), repr(cause)
     assert target.read_bytes() == before
     assert not [p for p in written.iterdir() if p.name.endswith(".tmp")], "a temporary file was left behind"

@@ -42,6 +42,11 @@ class Anatomy:
         """Input pixels per cell of :meth:`feature_map`, along each axis."""
         raise NotImplementedError
 
+    def token_encoder(self, network: nn.Module) -> nn.Module | None:
+        """The MONAI ``ViT`` that encodes ``network``'s input as a token sequence (MAE drops tokens from it); None
+        where the encoder is not one."""
+        return None
+
     def embedding_channels(self, network: nn.Module) -> int | None:
         """Channels of the patch embedding a learned mask token replaces; None where the encoder has no such hook."""
         return None

@@ -6,18 +6,17 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR, ViT
 
-from tpp_components.networks.anatomy.base import Anatomy, register
+from tpp_components.networks.anatomy.base import Anatomy, anatomy_of, register
 
 __all__ = ["ViTAnatomy", "UNETRAnatomy", "vit_of", "vit_patch_size", "vit_tokens"]
 
 
 def vit_of(network: nn.Module) -> ViT:
-    """The ``ViT`` inside ``network`` (itself for a ``ViT``, ``.vit`` for ``UNETR``)."""
-    if isinstance(network, ViT):
-        return network
-    if isinstance(network, UNETR):
-        return network.vit
-    raise TypeError(f"{type(network).__name__} has no ViT encoder; expected a MONAI ViT or UNETR.")
+    """The ``ViT`` inside ``network``, as its anatomy's :meth:`~Anatomy.token_encoder` gives it."""
+    vit = anatomy_of(network).token_encoder(network)
+    if not isinstance(vit, ViT):
+        raise TypeError(f"{type(network).__name__} has no ViT encoder; expected a MONAI ViT or UNETR.")
+    return vit
 
 
 def vit_patch_size(vit: ViT) -> tuple[int, ...]:
@@ -57,6 +56,9 @@ class ViTAnatomy(Anatomy):
     def encoder_modules(self, network: nn.Module) -> list[str]:
         return [name for name, _ in network.named_children() if name != "classification_head"]
 
+    def token_encoder(self, network: nn.Module) -> nn.Module:
+        return network
+
     def feature_map(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         tokens = vit_tokens(vit_of(network), x)
         grid = [s // self.stride(network) for s in x.shape[2:]]
@@ -78,3 +80,6 @@ class UNETRAnatomy(ViTAnatomy):
 
     def encoder_modules(self, network: nn.Module) -> list[str]:
         return ["vit"]
+
+    def token_encoder(self, network: nn.Module) -> nn.Module:
+        return network.vit
