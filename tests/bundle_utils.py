@@ -104,3 +104,24 @@ def check_export(bundle: Path, configs: list[str], ckpt: Path, input_shape: list
     x = torch.rand(*input_shape)
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=atol)
+
+
+def assert_same_image_steps(train: dict, inference: dict) -> None:
+    """A 3D bundle's ``inference.json`` preprocesses images as its ``train.json`` does: the same named pieces
+    (``loading``, ``intensity``, ``foreground_crop``) joined the same way, step by step equal but for the label
+    (``keys``, interpolation ``mode``, the label-only steps)."""
+    assert inference["preprocessing"]["transforms"] == train["preprocessing"]
+    assert inference["intensity"] == train["intensity"]
+    assert inference["foreground_select_fn"] == train["foreground_select_fn"]
+    image_only = ("keys", "mode")
+    for piece in ("loading", "foreground_crop"):
+        train_steps = [t for t in train[piece] if t["_target_"] not in ("LabelFilterd", "AsDiscreted")]
+        assert [t["_target_"] for t in inference[piece]] == [t["_target_"] for t in train_steps], piece
+        for step, same in zip(inference[piece], train_steps):
+            assert {k: v for k, v in step.items() if k not in image_only} == {k: v for k, v in same.items() if k not in image_only}
+
+
+def named_steps(config: dict, steps: list) -> list:
+    """``steps`` of a raw config with each ``"@name"`` entry (a named setting such as ``intensity``) replaced by
+    ``config[name]``."""
+    return [config[s[1:]] if isinstance(s, str) and s.startswith("@") else s for s in steps]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_utils import evaluation_ckpt_dir, run, workflow
+from bundle_utils import assert_same_image_steps, evaluation_ckpt_dir, run, workflow
 from conftest import ROOT, require_data
 from tools.prepare_patient_folders import main as prepare_patients
 from tpp_components.data import DatalistError, load_datalist, write_datalist
@@ -124,11 +124,7 @@ def test_inference_definition_matches_train():
     for key in ("image_size", "roi_size", "pixdim", "in_channels", "num_classes", "class_names"):
         assert inference[key] == train[key], key
     assert inference["inferer"] == train["validate"]["inferer"]
-    image_steps = [t["_target_"] for t in inference["preprocessing"]["transforms"]]
-    assert image_steps == [t["_target_"] for t in train["preprocessing"] if t["_target_"] not in ("LabelFilterd", "AsDiscreted")]
-    for step in inference["preprocessing"]["transforms"]:
-        same = next(t for t in train["preprocessing"] if t["_target_"] == step["_target_"])
-        assert {k: v for k, v in step.items() if k not in ("keys", "mode")} == {k: v for k, v in same.items() if k not in ("keys", "mode")}
+    assert_same_image_steps(train, inference)
     metadata = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]
     assert metadata["inputs"]["image"]["num_channels"] == train["in_channels"] == len(inference["channel_patterns"]) == 2
     assert list(metadata["inputs"]["image"]["channel_def"].values()) == ["FLAIR", "T1c"]

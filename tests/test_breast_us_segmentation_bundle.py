@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_utils import check_export, evaluation_ckpt_dir, run, workflow
+from bundle_utils import check_export, evaluation_ckpt_dir, named_steps, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_image_mask_pairs import main as prepare_pairs
@@ -124,8 +124,8 @@ def test_inference_definition_matches_train():
     assert inference["backbone"] == train["backbone"] and inference["peft"] == train["peft"]
     for key in ("image_size", "in_channels", "num_classes", "class_names"):
         assert inference[key] == train[key], key
-    image_steps = [t for t in train["preprocessing"] if t.get("keys") == "image"]
-    assert [t for t in inference["preprocessing"]["transforms"] if t["_target_"] in ("Lambdad", "ScaleIntensityd", "RepeatChanneld")] == image_steps
+    image_steps = [t for t in named_steps(train, train["preprocessing"]) if t.get("keys") == "image"]
+    assert [t for t in named_steps(inference, inference["preprocessing"]["transforms"]) if t["_target_"] in ("Lambdad", "ScaleIntensityd", "RepeatChanneld")] == image_steps
 
 
 UNETR = "unetr.json"

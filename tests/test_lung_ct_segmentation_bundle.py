@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_utils import check_export, evaluation_ckpt_dir, run, workflow
+from bundle_utils import check_export, evaluation_ckpt_dir, named_steps, run, workflow
 from conftest import ROOT, needs_weights, require_data
 from tools.prepare_hdf5_patches import main as prepare_hdf5
 from tools.prepare_nifti_pairs import main as prepare_nifti
@@ -206,10 +206,10 @@ def test_inference_definition_matches_train():
     assert inference["backbone"] == train["backbone"] and inference["peft"] == train["peft"]
     for key in ("image_size", "intensity_window", "in_channels", "num_classes", "class_names"):
         assert inference[key] == train[key], key
-    image_steps = [t for t in train["preprocessing"] if t.get("keys") == "image"]
+    image_steps = [t for t in named_steps(train, train["preprocessing"]) if t.get("keys") == "image"]
     targets = {t["_target_"] for t in image_steps}
     assert "ScaleIntensityd" not in targets  # a per-image min-max stretch would undo the CT window
-    assert [t for t in inference["preprocessing"]["transforms"] if t["_target_"] in targets] == image_steps
+    assert [t for t in named_steps(inference, inference["preprocessing"]["transforms"]) if t["_target_"] in targets] == image_steps
 
 
 def test_unetr_switch_runs_stage0_tpp_train_evaluate_inference(h5_datalist, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_utils import evaluation_ckpt_dir, run, workflow
+from bundle_utils import assert_same_image_steps, evaluation_ckpt_dir, run, workflow
 from conftest import ROOT, require_data
 from tools.prepare_nifti_pairs import main as prepare_nifti
 from tpp_components.data import load_datalist, write_datalist
@@ -114,11 +114,7 @@ def test_inference_definition_matches_train():
     for key in ("image_size", "roi_size", "pixdim", "intensity_window", "in_channels", "num_classes", "class_names"):
         assert inference[key] == train[key], key
     assert inference["inferer"] == train["validate"]["inferer"]
-    image_steps = [t["_target_"] for t in inference["preprocessing"]["transforms"]]
-    assert image_steps == [t["_target_"] for t in train["preprocessing"] if t["_target_"] not in ("LabelFilterd", "AsDiscreted")]
-    for step in inference["preprocessing"]["transforms"]:
-        same = next(t for t in train["preprocessing"] if t["_target_"] == step["_target_"])
-        assert {k: v for k, v in step.items() if k not in ("keys", "mode")} == {k: v for k, v in same.items() if k not in ("keys", "mode")}
+    assert_same_image_steps(train, inference)
 
 
 def test_foreground_ids_of_the_datalist_become_label_1(synthetic_datalist, tmp_path):
