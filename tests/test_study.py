@@ -132,7 +132,7 @@ def test_bad_plans_name_the_file_and_the_key(tmp_path, labelled, changes, names)
 def _fake_bundle_run(calls: list, fail_at: int | None = None):
     """A stand-in for ``monai.bundle run``: writes what an evaluation writes, scores by arm; can fail once."""
 
-    def fake(bundle, configs, overrides, log: Path, threads):
+    def fake(bundle, configs, overrides, log: Path, threads, cpu=None, key=""):
         if fail_at is not None and len(calls) == fail_at:
             raise RuntimeError("killed")
         calls.append((" ".join(configs), overrides["output_dir"]))
@@ -142,6 +142,8 @@ def _fake_bundle_run(calls: list, fail_at: int | None = None):
             score = 0.7 + 0.01 * overrides["seed"] + (0.02 if overrides.get("init") == "tpp" else 0.0)
             (out / "classification_report.json").write_text(json.dumps(
                 {"accuracy": score, "balanced_accuracy": score, "macro_auc": score}))
+        if cpu is not None:
+            cpu[key] = 2.0
         return 1.0
 
     return fake
@@ -161,13 +163,57 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, la
     monkeypatch.setattr(runner, "bundle_run", _fake_bundle_run(calls))
     records, left = runner.run_study(plan, tmp_path / "work")
     assert left == 0 and [c[0] for c in calls] == ["train.json litemedsam.json", "train.json litemedsam.json evaluate.json"]
-    assert len(records) == 3
+    assert len(records) == 3 and records[-1]["cpu_seconds"] == {"train": 2.0, "evaluate": 2.0}
     calls.clear()
     assert runner.run_study(plan, tmp_path / "work")[1] == 0 and calls == []  # nothing left to run
     # a budget already spent starts nothing and says how many are left
     other = load_plan(_write_plan(tmp_path, labelled, seeds=[0, 1], regimes=[{"name": "all"}], reference_arms={},
                                   arms={"standard": {}, "tpp": {"pretext": "pixels"}}))
     assert runner.run_study(other, tmp_path / "work", max_hours=0)[1] == 3 and calls == []
+
+
+def test_run_timed_counts_cpu_time_not_sleep_nor_a_pause(tmp_path, monkeypatch):
+    """A stage's CPU time counts what it computed: a sleeping child uses next to none, a busy one about its wall time,
+    and a child stopped (SIGSTOP, as the study is paused for test runs) for part of its run not the stopped part."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    env = dict(os.environ)
+    with open(tmp_path / "log", "w") as out:
+        code, wall, cpu = runner.run_timed([sys.executable, "-c", "import time; time.sleep(1.0)"], out, env, tmp_path)
+    assert code == 0 and wall >= 1.0 and cpu < 0.5
+    busy = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass"
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    def pause():  # stop the busy child for 1.5 s, as tools' pause script stops the study
+        while not started:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(started[0].pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(started[0].pid, signal.SIGCONT)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    thread = threading.Thread(target=pause)
+    thread.start()
+    try:
+        with open(tmp_path / "log", "w") as out:
+            code, wall, cpu = runner.run_timed([sys.executable, "-c", busy], out, env, tmp_path)
+    finally:
+        thread.join()
+    monkeypatch.undo()
+    assert code == 0 and 1.0 <= cpu < 1.5 and wall >= cpu + 1.4
+    with open(tmp_path / "log", "w") as out:
+        assert runner.run_timed([sys.executable, "-c", "raise SystemExit(3)"], out, env, tmp_path)[0] == 3
 
 
 def test_two_workers_run_at_once_one_thread_each_and_wait_for_the_tpp_run_they_start_from(tmp_path, labelled,
@@ -180,13 +226,13 @@ def test_two_workers_run_at_once_one_thread_each_and_wait_for_the_tpp_run_they_s
     calls: list = []
     fake, events, lock, going = _fake_bundle_run(calls), [], threading.Lock(), [0]
 
-    def timed(bundle, configs, overrides, log, threads):
+    def timed(bundle, configs, overrides, log, threads, cpu=None, key=""):
         with lock:
             going[0] += 1
             events.append(("start", log.parent.relative_to(tmp_path / "work").as_posix(), threads, going[0]))
         time.sleep(0.05)
         try:
-            return fake(bundle, configs, overrides, log, threads)
+            return fake(bundle, configs, overrides, log, threads, cpu, key)
         finally:
             with lock:
                 going[0] -= 1
@@ -297,6 +343,9 @@ def test_real_study_on_a_segmentation_bundle_resumes_and_reports_dice(tmp_path):
     assert run_study_cli(str(plan)) == 0
     result = json.loads((tmp_path / "study" / "results.json").read_text())
     assert result["status"] == "complete" and len(result["runs"]) == 3
+    for run in result["runs"]:  # each stage's CPU time is measured, and (one thread) at most its wall time plus start-up
+        assert run["cpu_seconds"].keys() == run["seconds"].keys()
+        assert all(0 < run["cpu_seconds"][k] <= 1.5 * run["seconds"][k] + 5 for k in run["seconds"])
     for arm in ("standard", "tpp"):
         eval_dir = tmp_path / "study" / "half" / "seed0" / "lora" / arm / "eval"
         dice = float(dict(csv.reader((eval_dir / "metrics.csv").read_text().splitlines()))["test_mean_dice"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 
 from tools.study.metrics import PRIMARY_METRIC
 from tools.study.plan import StudyPlan
@@ -75,13 +76,14 @@ def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
         section: dict = {"arms": {}, "paired": {}, "convergence": {}}
         lines += ["", f"## Regime '{name}': {100 * float(regime.get('label_fraction', 1.0)):.0f} % of the training labels, "
                       f"`{regime.get('overrides', {})}`", "",
-                  "| arm | n | " + " | ".join(metrics) + " | train s/run |", "|---|---|" + "---|" * (len(metrics) + 1)]
+                  "| arm | n | " + " | ".join(metrics) + " | train s/run | train CPU s/run |",
+                  "|---|---|" + "---|" * (len(metrics) + 2)]
         for arm, seeds in by_arm.items():
             values = {m: [seeds[s]["test"][m] for s in sorted(seeds)] for m in metrics}
             section["arms"][arm] = values
             train_s = statistics.fmean(seeds[s]["seconds"]["train"] for s in seeds)
             cells = " | ".join(_mean_std(values[m]) for m in metrics)
-            lines.append(f"| {arm} | {len(seeds)} | {cells} | {train_s:.0f} |")
+            lines.append(f"| {arm} | {len(seeds)} | {cells} | {train_s:.0f} | {_cpu_seconds(seeds.values())} |")
         lines += ["", *_reference_check(plan, by_arm, primary)]
         lines += ["", "| comparison | n | " + " | ".join(metrics) + f" | wins ({primary}) |", "|---|---|" + "---|" * (len(metrics) + 1)]
         for method in plan.methods:
@@ -141,3 +143,13 @@ def _pretext_lines(tpps: list[dict], summary: dict) -> list[str]:
         summary["pretext"][key] = {"first": first, "last": last, "seeds": len(cs)}
         lines.append(f"- {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f} %, {len(cs)} seeds)")
     return lines
+
+
+def _cpu_seconds(records: Iterable[dict]) -> str:
+    """Mean CPU seconds of the fine-tuning stage over the runs that recorded it (runs made before the runner
+    measured CPU time have none), with their count when not every run has it; ``-`` when none has."""
+    records = list(records)
+    cpu = [r["cpu_seconds"]["train"] for r in records if "train" in r.get("cpu_seconds", {})]
+    if not cpu:
+        return "-"
+    return f"{statistics.fmean(cpu):.0f}" + ("" if len(cpu) == len(records) else f" ({len(cpu)} of {len(records)})")

@@ -22,28 +22,49 @@ from tools.study.plan import Run, StudyPlan
 from tpp_components.io import atomic_write_text
 from tpp_components.runtime import cpu_environment
 
-__all__ = ["bundle_run", "run_study", "study_workdir"]
+__all__ = ["bundle_run", "run_study", "run_timed", "study_workdir"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int) -> float:
+def bundle_run(bundle: Path, configs: list[str], overrides: dict, log: Path, threads: int,
+               cpu: dict[str, float] | None = None, key: str = "") -> float:
     """Run ``python -m monai.bundle run`` on ``bundle``'s ``configs`` with ``overrides``; return its wall time (s).
 
-    Output goes to ``log``; a failure raises with the log's tail and its path.
+    Output goes to ``log``; a failure raises with the log's tail and its path. With ``cpu``, the stage's CPU time
+    (user + system seconds of the process and the children it waited for) is stored under ``cpu[key]``: unlike
+    the wall time, it does not count the time the run was paused or waiting for the cores another process held.
     """
     cmd = bundle_command(bundle, configs, overrides)
     env = cpu_environment(threads, dict(os.environ, PYTHONWARNINGS="ignore"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    elapsed = time.perf_counter() - start
+        code, elapsed, cpu_s = run_timed(cmd, out, env, ROOT)
+    if cpu is not None:
+        cpu[key] = cpu_s
     if code:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"stage failed ({' '.join(configs)}), see {log}:\n{tail}")
     return elapsed
+
+
+def run_timed(cmd: list[str], out: Any, env: dict[str, str], cwd: Path) -> tuple[int, float, float]:
+    """Run ``cmd`` (stdout and stderr to ``out``) to its end; return its exit code, wall seconds and CPU seconds.
+
+    The CPU time comes from ``os.wait4``, the rusage of this one child (``subprocess`` does not expose it, and
+    ``RUSAGE_CHILDREN`` would mix in the runs of other workers).
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return process.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def study_workdir(plan: StudyPlan, workdir: str | os.PathLike | None = None) -> Path:
@@ -57,19 +78,22 @@ def _execute(plan: StudyPlan, run: Run, work: Path, threads: int) -> dict:
     stage = {**run.overrides, "ckpt_dir": str(folder), "output_dir": str(folder / "logs")}
     record: dict[str, Any] = {"kind": run.kind, "path": run.path, "seed": run.seed, "arm": run.arm, "method": run.method,
                               "regime": run.regime, "overrides": run.overrides}
+    cpu: dict[str, float] = {}
+    record["cpu_seconds"] = cpu
     if run.kind in ("stage0", "tpp"):
         record["seconds"] = {run.kind: bundle_run(plan.bundle, ["train.json", *run.configs], stage,
-                                                  folder / f"{run.kind}.log", threads)}
+                                                  folder / f"{run.kind}.log", threads, cpu, run.kind)}
         record["pretext_curve"] = scalar_curve(folder / "logs", "val_pretext_loss")
         return record
     if run.needs is not None:
         stage["tpp_target_parameters"] = str(work / run.needs / "tpp_target_parameters.safetensors")
-    seconds = {"train": bundle_run(plan.bundle, ["train.json", *run.configs], stage, folder / "train.log", threads)}
+    seconds = {"train": bundle_run(plan.bundle, ["train.json", *run.configs], stage, folder / "train.log", threads,
+                                   cpu, "train")}
     # the merged model.pt holds the backbone: evaluation reads only it
     evaluate = {k: v for k, v in run.overrides.items() if k not in ("backbone_weights", "tpp_target_parameters")}
     evaluate.update(ckpt_dir=str(folder), output_dir=str(folder / "eval"))
     seconds["evaluate"] = bundle_run(plan.bundle, ["train.json", *run.configs, "evaluate.json"], evaluate,
-                                     folder / "evaluate.log", threads)
+                                     folder / "evaluate.log", threads, cpu, "evaluate")
     task, metrics = read_test_metrics(folder / "eval")
     record.update(task=task, test=metrics, seconds=seconds, val_curve=scalar_curve(folder / "logs", VALIDATION_TAG[task]))
     return record
