@@ -272,8 +272,14 @@ def test_report_pairs_arms_counts_wins_checks_references_and_convergence(tmp_pat
     for seed in range(3):
         records += [_record("standard", seed, 0.70, [0.5, 0.6, 0.7]), _record("tpp", seed, 0.70 + 0.01 * (seed - 0.5), [0.6, 0.7, 0.7]),
                     _record("linear_probe", seed, 0.80, [0.8], method=None), _record("full_finetune", seed, 0.75, [0.75], method=None)]
-    records.append({"kind": "tpp", "method": "lora", "arm": "pixels", "seed": 0, "pretext_curve": [(1, 0.9), (2, 0.8)]})
+    for r in records[:2]:  # CPU time recorded for seed 0 only (runs made before the runner measured it have none)
+        r["cpu_seconds"] = {"train": 9.0}
+    records.append({"kind": "tpp", "method": "lora", "arm": "pixels", "seed": 0, "pretext_curve": [(1, 0.9), (2, 0.8)],
+                    "seconds": {"tpp": 100.0}, "cpu_seconds": {"tpp": 180.0}})
     summary, text = summarise(plan, records)
+    assert "| lora/standard | 3 |" in text and "| 5 | 9 (1 of 3) |" in text and "| linear_probe | 3 |" in text
+    assert "| 5 | - |" in text  # the reference arms: no CPU time recorded
+    assert "lora/pixels: 0.9000 -> 0.8000 (-11.1 %, 1 seeds; 100 s wall, 180 CPU s)" in text
     paired = summary["regimes"]["all"]["paired"]["lora/tpp - lora/standard"]
     assert paired["mean_dice"]["per_seed"] == pytest.approx({0: -0.5, 1: 0.5, 2: 1.5})
     assert paired["mean_dice"]["wins"] == 2 and paired["hd95"]["per_seed"][2] == pytest.approx(-0.15)  # mm, not points

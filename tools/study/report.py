@@ -129,27 +129,33 @@ def _reference_check(plan: StudyPlan, by_arm: dict[str, dict[int, dict]], primar
 
 
 def _pretext_lines(tpps: list[dict], summary: dict) -> list[str]:
-    """Held-out pretext loss of each TPP variant: first and last epoch, mean over seeds."""
+    """Held-out pretext loss of each TPP variant (first and last epoch, mean over seeds) and what a TPP run cost."""
     curves: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
+    runs: dict[str, list[dict]] = defaultdict(list)
     for r in tpps:
         if r.get("pretext_curve"):
             curves[f"{r['method']}/{r['arm']}"].append(r["pretext_curve"])
+            runs[f"{r['method']}/{r['arm']}"].append(r)
     if not curves:
         return []
-    lines = ["", "## TPP: held-out pretext loss (mean over seeds, first -> last epoch)", ""]
+    lines = ["", "## TPP: held-out pretext loss (mean over seeds, first -> last epoch) and time per TPP run", ""]
     summary["pretext"] = {}
     for key, cs in curves.items():
         first, last = statistics.fmean(c[0][1] for c in cs), statistics.fmean(c[-1][1] for c in cs)
         summary["pretext"][key] = {"first": first, "last": last, "seeds": len(cs)}
-        lines.append(f"- {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f} %, {len(cs)} seeds)")
+        wall = [r["seconds"]["tpp"] for r in runs[key] if "tpp" in r.get("seconds", {})]
+        cost = f"; {statistics.fmean(wall):.0f} s wall" if wall else ""
+        if cost:
+            cost += f", {_cpu_seconds(runs[key], 'tpp')} CPU s"
+        lines.append(f"- {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f} %, {len(cs)} seeds{cost})")
     return lines
 
 
-def _cpu_seconds(records: Iterable[dict]) -> str:
-    """Mean CPU seconds of the fine-tuning stage over the runs that recorded it (runs made before the runner
-    measured CPU time have none), with their count when not every run has it; ``-`` when none has."""
+def _cpu_seconds(records: Iterable[dict], stage: str = "train") -> str:
+    """Mean CPU seconds of ``stage`` over the runs that recorded it (runs made before the runner measured CPU time
+    have none), with their count when not every run has it; ``-`` when none has."""
     records = list(records)
-    cpu = [r["cpu_seconds"]["train"] for r in records if "train" in r.get("cpu_seconds", {})]
+    cpu = [r["cpu_seconds"][stage] for r in records if stage in r.get("cpu_seconds", {})]
     if not cpu:
         return "-"
     return f"{statistics.fmean(cpu):.0f}" + ("" if len(cpu) == len(records) else f" ({len(cpu)} of {len(records)})")
