@@ -65,13 +65,6 @@ def stage_overrides(tmp: Path, datalist: str, **extra) -> dict:
     return {"datalist": datalist, "ckpt_dir": str(tmp / "models"), "num_epochs": 1, **extra}
 
 
-def reference_arm(name: str) -> dict:
-    """A reference arm of ``tools/tpp_experiment.py`` as ConfigWorkflow overrides (``$None`` is the CLI spelling)."""
-    from tools.tpp_experiment import REFERENCE_ARMS
-
-    return {k: (None if v == "$None" else v) for k, v in REFERENCE_ARMS[name].items()}
-
-
 def train_and_evaluate(
     tmp: Path, datalist: str, name: str, epochs: int, train: list[str] = VIT_TRAIN, evaluate: list[str] = VIT_EVALUATE,
     **overrides

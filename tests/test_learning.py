@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from bundle_utils import reference_arm, run, stage_overrides, train_and_evaluate
+from bundle_utils import run, stage_overrides, train_and_evaluate
 from bundle_utils import VIT_PRETRAIN as PRETRAIN
 from conftest import require_data
+from tools.demo import LINEAR_PROBE
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 
@@ -73,7 +74,7 @@ def test_gate_stage0_pretext_loss_falls_on_demo_data(demo_stage0):
 def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(demo_stage0):
     tmp, datalist, _ = demo_stage0
     backbone = tmp / "models" / "backbone.pt"
-    probe = train_and_evaluate(tmp, datalist, "probe", 20, backbone_weights=str(backbone), **reference_arm("linear_probe"))
+    probe = train_and_evaluate(tmp, datalist, "probe", 20, backbone_weights=str(backbone), **LINEAR_PROBE)
     lora = train_and_evaluate(tmp, datalist, "lora", 15, backbone_weights=str(backbone))
     chance = 1 / 3
     for name, report in (("linear probe", probe), ("lora", lora)):

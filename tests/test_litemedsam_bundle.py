@@ -15,8 +15,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import BUNDLE, CONFIGS, reference_arm, run, stage_overrides, train_and_evaluate
+from bundle_utils import BUNDLE, CONFIGS, run, stage_overrides, train_and_evaluate
 from conftest import needs_weights, require_data
+from tools.demo import LINEAR_PROBE
 from tools.make_demo_data import make_demo_dataset
 from tools.prepare_busi import main as prepare_busi
 from tpp_components.data import load_datalist
@@ -117,7 +118,7 @@ def test_switch_tpp_with_the_feature_targets(small_demo_datalist, tmp_path, targ
 def test_gate_linear_probe_and_lora_beat_trivial_on_demo_data(tmp_path):
     data = make_demo_dataset(tmp_path / "data", num_per_class=60, image_size=64, seed=0)
     datalist = str(prepare_busi(data_dir=str(data), output=str(tmp_path / "datalist.json"), seed=0))
-    probe = train_and_evaluate(tmp_path, datalist, "probe", 15, TRAIN, EVALUATE, image_size=32, **reference_arm("linear_probe"))
+    probe = train_and_evaluate(tmp_path, datalist, "probe", 15, TRAIN, EVALUATE, image_size=32, **LINEAR_PROBE)
     lora = train_and_evaluate(tmp_path, datalist, "lora", 6, TRAIN, EVALUATE, image_size=32)
     for name, report in (("linear probe", probe), ("lora", lora)):
         print(f"LiteMedSAM demo {name}: balanced accuracy {report['balanced_accuracy']:.3f}, accuracy {report['accuracy']:.3f}")

@@ -68,10 +68,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
     **{(BUNDLES.format(b), "--rdzv_endpoint host0:29400"): MULTI_NODE
        for b in ("breast_us_classification", "brain_mri_classification", "breast_us_segmentation",
                  "lung_ct_segmentation", "brain_mri_segmentation", "spleen_ct_segmentation")},
-    (BUNDLES.format("breast_us_classification"), "--methods \"['lora','adapter']\""):
+    (BUNDLES.format("breast_us_classification"), "studies/busi_vit_probe.yaml --workers 2"):
         "the study behind its table: 5 seeds x 2 methods x (TPP, fine-tuning, evaluation) and 3 fresh-decoder seeds, "
         "about 40 bundle processes (52 minutes on the real data)",
-    (BUNDLES.format("breast_us_classification"), "--workdir runs/litemedsam/exp"):
+    (BUNDLES.format("breast_us_classification"), "studies/busi_litemedsam_probe.yaml"):
         "the LiteMedSAM study: 3 seeds x 2 methods with reference arms, about 30 LiteMedSAM bundle processes",
     (BUNDLES.format("spleen_ct_segmentation"), "'configs/swin_ssl.json','configs/tpp.json'"):
         "needs MONAI's self-supervised Swin weights in models/model_swinvit.pt, a download; "

@@ -40,6 +40,25 @@ def test_paired_difference_counts_wins_over_shared_seeds():
     assert epochs_to_reach([(1, 0.5), (2, 0.8), (3, 0.7)], 0.75) == 2 and epochs_to_reach([(1, 0.5)], 0.9) is None
 
 
+
+def test_scalar_curve_keeps_the_newest_value_of_each_epoch(tmp_path):
+    """A rerun into the same log folder: its values replace the first run's, epoch by epoch."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tools.study.curves import scalar_curve
+
+    for values in ([0.9, 0.8, 0.7], [0.6, 0.5]):  # a run, then a rerun into the same folder
+        writer = SummaryWriter(str(tmp_path / "logs"))
+        for step, value in enumerate(values, start=1):
+            writer.add_scalar("val_pretext_loss", value, step)
+        writer.close()
+        time.sleep(1.1)  # event file names carry the time in seconds
+    curve = scalar_curve(tmp_path / "logs", "val_pretext_loss")
+    assert [s for s, _ in curve] == [1, 2, 3] and [round(v, 3) for _, v in curve] == [0.6, 0.5, 0.7]
+    assert scalar_curve(tmp_path / "absent", "val_pretext_loss") == []
+
 # ---------------------------------------------------------------------------------------------- plans
 
 def _write_plan(tmp: Path, labels: Path, **changes) -> Path:
@@ -106,6 +125,28 @@ def test_secondary_arms_and_references_run_on_fewer_seeds(tmp_path, labelled):
     assert [p for p in paths if p.endswith("tpp_features")] == ["all/seed0/lora/tpp_features", "all/seed1/lora/tpp_features"]
     assert "tpp/lora/features/seed2" not in paths and "tpp/lora/pixels/seed2" in paths  # no TPP run that nothing reads
     assert len([p for p in paths if p.endswith("/standard")]) == 3
+    # per reference arm, and an arm for some methods only
+    plan = load_plan(_write_plan(
+        tmp_path, labelled, seeds=[0, 1, 2], regimes=[{"name": "all"}], reference_seeds={"full_finetune": [0]},
+        reference_arms={"linear_probe": {"peft": None}, "full_finetune": {"peft": None}},
+        methods={"lora": {"method": "lora"}, "adapter": {"method": "adapter"}},
+        arms={"standard": {}, "tpp": {"pretext": "pixels"}, "tpp_fresh": {"pretext": "features", "methods": ["lora"]}}))
+    paths = [r.path for r in plan.runs(tmp_path / "work")]
+    assert [p for p in paths if "full_finetune" in p] == ["all/seed0/full_finetune"]
+    assert len([p for p in paths if "linear_probe" in p]) == 3
+    assert len([p for p in paths if p.endswith("lora/tpp_fresh")]) == 3 and not any("adapter/tpp_fresh" in p for p in paths)
+    assert not any(p.startswith("tpp/adapter/features") for p in paths)
+
+
+def test_a_study_with_stage0_runs_every_stage_under_its_switches(tmp_path, labelled):
+    """The own ViT (``vit.json``): stage 0 merges the switch like every other stage, and every run reads its weights."""
+    plan = load_plan(_write_plan(tmp_path, labelled, switches=["vit.json"], stage0={"num_epochs": 1}, seeds=[0],
+                                 regimes=[{"name": "all"}]))
+    runs = plan.runs(tmp_path / "work")
+    assert runs[0].kind == "stage0" and runs[0].configs == ["vit.json", "pretrain.json"]
+    assert all(r.configs[0] == "vit.json" for r in runs)
+    backbone = str(tmp_path / "work" / "stage0" / "backbone.pt")
+    assert all(r.overrides["backbone_weights"] == backbone for r in runs[1:])
 
 
 @pytest.mark.parametrize("changes,names", [
@@ -117,6 +158,9 @@ def test_secondary_arms_and_references_run_on_fewer_seeds(tmp_path, labelled):
     ({"baseline_arm": "tpp_only"}, ["baseline_arm 'tpp_only'"]),
     ({"arms": {"standard": {}, "tpp": {"pretext": "pixels", "seeds": [0, 7]}}}, ["arm 'tpp' 'seeds' [0, 7]", "[0, 1]"]),
     ({"reference_seeds": [5]}, ["'reference_seeds' [5]"]),
+    ({"reference_seeds": {"full_finetune": [0]}}, ["'reference_seeds' names ['full_finetune']"]),
+    ({"reference_seeds": {"linear_probe": [3]}}, ["'reference_seeds' of 'linear_probe' [3]"]),
+    ({"arms": {"standard": {}, "tpp": {"pretext": "pixels", "methods": ["dora"]}}}, ["arm 'tpp' 'methods' ['dora']"]),
 ])
 def test_bad_plans_name_the_file_and_the_key(tmp_path, labelled, changes, names):
     path = _write_plan(tmp_path, labelled, **changes)
@@ -296,6 +340,26 @@ def test_report_pairs_arms_counts_wins_checks_references_and_convergence(tmp_pat
     assert sorted(p.name for p in written) == ["curves_all.png", "forest.png"]
     assert all(Image.open(p).format == "PNG" and Image.open(p).size[0] > 500 for p in written)
 
+
+
+@pytest.mark.parametrize("probe_auc,probe_bal,passes", [(0.80, 0.60, True), (0.60, 0.36, False)])
+def test_a_linear_probe_below_the_backbone_gate_makes_the_comparison_not_evidence(tmp_path, labelled, probe_auc,
+                                                                                   probe_bal, passes):
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0, 1], regimes=[{"name": "all"}],
+                                 arms={"standard": {}, "tpp": {"pretext": "pixels"}}))
+
+    def record(arm: str, seed: int, auc: float, bal: float, method: str | None = "lora") -> dict:
+        return {"kind": "finetune", "task": "classification", "arm": arm, "method": method, "seed": seed,
+                "regime": "all", "test": {"accuracy": bal, "balanced_accuracy": bal, "macro_auc": auc},
+                "seconds": {"train": 1.0}, "val_curve": []}
+
+    records = [r for seed in (0, 1) for r in (record("standard", seed, 0.70, 0.5), record("tpp", seed, 0.72, 0.5),
+                                               record("linear_probe", seed, probe_auc, probe_bal, method=None))]
+    summary, text = summarise(plan, records)
+    assert summary["regimes"]["all"]["backbone_gate"]["passed"] is passes
+    assert ("NOT evidence" in text) is (not passes) and ("Backbone gate passed" in text) is passes
+    if not passes:  # both reasons, with the chance level of the datalist's 3 classes
+        assert "macro AUC 0.600 < 0.65" in text and "within 5 points of chance (0.333)" in text
 
 # ---------------------------------------------------------------------------------------------- starting from TPP
 

@@ -20,11 +20,13 @@ A plan (every key but ``study``, ``bundle``, ``datalist``, ``methods`` and ``arm
       standard: {}
       tpp: {pretext: pixels}
       tpp_a_only: {pretext: pixels, overrides: {tpp_update_scale: 0.0}, seeds: [0, 1, 2]}  # a secondary arm: 3 seeds
+      tpp_fresh: {pretext: fresh, methods: [lora]}                                       # only for some methods
     baseline_arm: standard                    # each other arm is compared with it, paired by seed
     reference_arms:                           # name -> fine-tuning overrides, no PEFT method of the plan
       linear_probe: {peft: null, freeze_backbone: true, learning_rate: 0.005}
       full_finetune: {peft: null, freeze_backbone: false, learning_rate: 0.0003}
-    reference_seeds: [0, 1, 2]                # the reference arms' seeds (default: every seed)
+    reference_seeds: [0, 1, 2]                # the reference arms' seeds (default: every seed), or per arm:
+                                              # {full_finetune: [0]} (an arm not named runs on every seed)
     regimes:                                  # fine-tuning conditions: a share of the training labels, a budget
       - {name: all_labels, label_fraction: 1.0, overrides: {num_epochs: 8}}
       - {name: labels_10, label_fraction: 0.1, overrides: {num_epochs: 8}}
@@ -51,7 +53,7 @@ __all__ = ["PlanError", "Run", "StudyPlan", "label_subset", "load_plan"]
 ROOT = Path(__file__).resolve().parents[2]
 _KEYS = {"study", "bundle", "switches", "stage0", "datalist", "seeds", "overrides", "methods", "pretexts", "arms",
          "baseline_arm", "reference_arms", "reference_seeds", "regimes", "workdir", "threads"}
-_ARM_KEYS = {"pretext", "overrides", "seeds"}
+_ARM_KEYS = {"pretext", "overrides", "seeds", "methods"}
 _REGIME_KEYS = {"name", "label_fraction", "overrides"}
 
 
@@ -99,7 +101,7 @@ class StudyPlan:
     pretexts: dict[str, dict] = field(default_factory=dict)
     baseline_arm: str = "standard"
     reference_arms: dict[str, dict] = field(default_factory=dict)
-    reference_seeds: list[int] | None = None
+    reference_seeds: list[int] | dict[str, list[int]] | None = None
     regimes: list[dict] = field(default_factory=lambda: [{"name": "all_labels", "label_fraction": 1.0, "overrides": {}}])
     stage0: dict[str, Any] | None = None
     workdir: Path | None = None
@@ -123,12 +125,14 @@ class StudyPlan:
             for regime in self.regimes:
                 datalist = self._regime_datalist(regime, seed, workdir)
                 tune = {**common, **regime.get("overrides", {}), "datalist": datalist, "seed": seed}
-                for ref, values in self.reference_arms.items() if seed in (self.reference_seeds or self.seeds) else ():
+                for ref, values in self.reference_arms.items():
+                    if seed not in self.reference_seeds_of(ref):
+                        continue
                     runs.append(Run("finetune", f"{regime['name']}/seed{seed}/{ref}", base,
                                     {**tune, "init": "standard", **values}, seed, ref, regime=regime["name"]))
                 for method, peft in self.methods.items():
                     for arm, spec in self.arms.items():
-                        if seed not in spec.get("seeds", self.seeds):
+                        if seed not in spec.get("seeds", self.seeds) or method not in spec.get("methods", self.methods):
                             continue
                         pretext = spec.get("pretext")
                         needs = None
@@ -144,6 +148,12 @@ class StudyPlan:
                         runs.append(Run("finetune", f"{regime['name']}/seed{seed}/{method}/{arm}", base, values, seed, arm,
                                         method=method, regime=regime["name"], needs=needs))
         return runs
+
+    def reference_seeds_of(self, arm: str) -> list[int]:
+        """The seeds reference arm ``arm`` runs on."""
+        if isinstance(self.reference_seeds, dict):
+            return self.reference_seeds.get(arm, self.seeds)
+        return self.reference_seeds or self.seeds
 
     def _regime_datalist(self, regime: dict, seed: int, workdir: Path) -> str:
         fraction = float(regime.get("label_fraction", 1.0))
@@ -179,6 +189,20 @@ def _seed_subset(seeds: Any, every: list, where: str) -> list[int]:
     if not isinstance(seeds, list) or not set(seeds) <= set(every):
         raise PlanError(f"{where} {seeds!r}; expected a list of the plan's seeds {every}.")
     return [int(s) for s in seeds]
+
+
+def _reference_seeds(raw: dict, where: str) -> list[int] | dict[str, list[int]] | None:
+    """The plan's ``reference_seeds``: a list of its seeds for every reference arm, or ``{arm: seeds}``."""
+    value, every = raw.get("reference_seeds"), raw.get("seeds", [0, 1, 2])
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return _seed_subset(value, every, f"{where}: 'reference_seeds'")
+    unknown = sorted(set(value) - set(raw.get("reference_arms") or {}))
+    if unknown:
+        raise PlanError(f"{where}: 'reference_seeds' names {unknown}, not among 'reference_arms' "
+                        f"{sorted(raw.get('reference_arms') or {})}.")
+    return {arm: _seed_subset(seeds, every, f"{where}: 'reference_seeds' of '{arm}'") for arm, seeds in value.items()}
 
 
 def _expand(value: str, base: Path) -> Path:
@@ -227,6 +251,9 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
                             f"not one of 'pretexts' {sorted(pretexts)}.")
         if "seeds" in spec:
             spec["seeds"] = _seed_subset(spec["seeds"], raw.get("seeds", [0, 1, 2]), f"{where}: arm '{name}' 'seeds'")
+        if "methods" in spec and (not isinstance(spec["methods"], list) or not set(spec["methods"]) <= set(raw["methods"])):
+            raise PlanError(f"{where}: arm '{name}' 'methods' {spec['methods']!r}; expected a list of the plan's "
+                            f"methods {sorted(raw['methods'])}.")
         arms[name] = spec
     baseline = raw.get("baseline_arm", "standard")
     if baseline not in arms:
@@ -246,8 +273,7 @@ def load_plan(path: str | os.PathLike) -> StudyPlan:
         study=str(raw["study"]), file=file, bundle=bundle, datalist=datalist, methods=dict(raw["methods"]), arms=arms,
         switches=list(raw.get("switches") or []), stage0=None if raw.get("stage0") is None else dict(raw["stage0"]),
         seeds=[int(s) for s in raw.get("seeds", [0, 1, 2])],
-        reference_seeds=None if raw.get("reference_seeds") is None else _seed_subset(
-            raw["reference_seeds"], raw.get("seeds", [0, 1, 2]), f"{where}: 'reference_seeds'"),
+        reference_seeds=_reference_seeds(raw, where),
         overrides=dict(raw.get("overrides") or {}), pretexts={k: dict(v or {}) for k, v in pretexts.items()},
         baseline_arm=baseline, reference_arms={k: dict(v or {}) for k, v in (raw.get("reference_arms") or {}).items()},
         regimes=regimes, workdir=_expand(str(raw["workdir"]), ROOT) if raw.get("workdir") else None,

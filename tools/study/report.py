@@ -1,8 +1,9 @@
-"""A study's tables: every arm per regime, the reference arms' sanity check, paired differences against the
-baseline arm with 95 % intervals and wins, convergence, and the TPP pretext curves."""
+"""A study's tables: every arm per regime, the reference arms' sanity check and (classification) the backbone gate,
+paired differences against the baseline arm with 95 % intervals and wins, convergence, and the TPP pretext curves."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -12,10 +13,34 @@ from tools.study.metrics import PRIMARY_METRIC
 from tools.study.plan import StudyPlan
 from tools.study.stats import epochs_to_reach, paired_difference
 
-__all__ = ["summarise"]
+__all__ = ["GATE_MIN_AUC", "GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE", "backbone_gate", "summarise"]
 
 #: paired differences in points (x100) for scores in [0, 1]; distances stay in mm
 SCALE = {"hd95": 1.0}
+#: the backbone gate: a linear probe below it says the frozen features carry little of the task, and a comparison
+#: of starts for adapting them is then not evidence about TPP
+GATE_MIN_AUC = 0.65
+GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE = 0.05
+
+
+def backbone_gate(macro_auc: float, balanced_accuracy: float, num_classes: int) -> list[str]:
+    """Reasons a linear probe's test metrics fail the backbone gate (empty when it passes)."""
+    reasons = []
+    if macro_auc < GATE_MIN_AUC:
+        reasons.append(f"linear-probe macro AUC {macro_auc:.3f} < {GATE_MIN_AUC}")
+    chance = 1.0 / num_classes
+    if balanced_accuracy < chance + GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE:
+        reasons.append(f"linear-probe balanced accuracy {balanced_accuracy:.3f} within "
+                       f"{100 * GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE:.0f} points of chance ({chance:.3f})")
+    return reasons
+
+
+def _num_classes(plan: StudyPlan) -> int:
+    """Classes of the plan's datalist: its ``labels``, else the distinct training labels."""
+    data = json.loads(plan.datalist.read_text())
+    if data.get("labels"):
+        return len(data["labels"])
+    return len({i["label"] for i in data.get("training", []) if isinstance(i.get("label"), int)})
 
 
 def _mean_std(values: list[float]) -> str:
@@ -85,6 +110,19 @@ def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
             cells = " | ".join(_mean_std(values[m]) for m in metrics)
             lines.append(f"| {arm} | {len(seeds)} | {cells} | {train_s:.0f} | {_cpu_seconds(seeds.values())} |")
         lines += ["", *_reference_check(plan, by_arm, primary)]
+        probe = by_arm.get("linear_probe")
+        if task == "classification" and probe:
+            reasons = backbone_gate(statistics.fmean(r["test"]["macro_auc"] for r in probe.values()),
+                                    statistics.fmean(r["test"]["balanced_accuracy"] for r in probe.values()),
+                                    _num_classes(plan))
+            section["backbone_gate"] = {"passed": not reasons, "reasons": reasons}
+            if reasons:
+                lines.append(f"**The linear probe fails the backbone gate ({'; '.join(reasons)}): the frozen features "
+                             "carry little of the task, and the comparison of starts below is NOT evidence about TPP.**")
+            else:
+                lines.append(f"Backbone gate passed: the linear probe's macro AUC is at least {GATE_MIN_AUC} and its "
+                             f"balanced accuracy at least {100 * GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE:.0f} points "
+                             "above chance, so the frozen features carry the task.")
         lines += ["", "| comparison | n | " + " | ".join(metrics) + f" | wins ({primary}) |", "|---|---|" + "---|" * (len(metrics) + 1)]
         for method in plan.methods:
             base = by_arm.get(f"{method}/{plan.baseline_arm}", {})
