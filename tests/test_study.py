@@ -171,6 +171,23 @@ def test_bad_plans_name_the_file_and_the_key(tmp_path, labelled, changes, names)
         assert name in str(err.value), err.value
 
 
+
+@pytest.mark.parametrize("plan_file", sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_committed_plan_loads_and_makes_runs(plan_file, tmp_path, monkeypatch):
+    """The plans in ``studies/`` name bundles, switches, arms and pretexts that exist (a renamed switch or arm is
+    caught here, not hours into a chunk); their datalists are stand-ins in ``$TPP_DATALISTS``."""
+    import yaml
+
+    monkeypatch.setenv("TPP_DATALISTS", str(tmp_path))
+    name = Path(yaml.safe_load(plan_file.read_text())["datalist"]).name
+    items = [{"image": f"/x/{i}.png", "label": i % 2} for i in range(20)]
+    (tmp_path / name).write_text(json.dumps({"training": items, "validation": items[:4], "test": items[:4]}))
+    plan = load_plan(plan_file)
+    runs = plan.runs(tmp_path / "work")
+    assert runs and len({r.path for r in runs}) == len(runs)  # every run has its own folder
+    assert {r.arm for r in runs if r.kind == "finetune"} >= set(plan.arms) | set(plan.reference_arms)
+
 # ---------------------------------------------------------------------------------------------- resuming
 
 def _fake_bundle_run(calls: list, fail_at: int | None = None):
