@@ -3,7 +3,6 @@ paired differences against the baseline arm with 95 % intervals and wins, conver
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -12,6 +11,8 @@ from collections.abc import Iterable
 from tools.study.metrics import PRIMARY_METRIC
 from tools.study.plan import StudyPlan
 from tools.study.stats import epochs_to_reach, paired_difference
+from tpp_components.data import load_datalist
+from tpp_components.data.classes import datalist_class_names
 
 __all__ = ["GATE_MIN_AUC", "GATE_MIN_BALANCED_ACCURACY_OVER_CHANCE", "backbone_gate", "summarise"]
 
@@ -36,11 +37,10 @@ def backbone_gate(macro_auc: float, balanced_accuracy: float, num_classes: int) 
 
 
 def _num_classes(plan: StudyPlan) -> int:
-    """Classes of the plan's datalist: its ``labels``, else the distinct training labels."""
-    data = json.loads(plan.datalist.read_text())
-    if data.get("labels"):
-        return len(data["labels"])
-    return len({i["label"] for i in data.get("training", []) if isinstance(i.get("label"), int)})
+    """Classes of the plan's datalist, as the bundles count them (its ``labels``), else its distinct training labels."""
+    data = load_datalist(plan.datalist)
+    found = sorted({i["label"] for i in data.get("training", []) if isinstance(i.get("label"), int)})
+    return len(datalist_class_names(data, default=[str(c) for c in found]))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -90,6 +90,8 @@ def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
     task = tunes[0]["task"]
     primary = PRIMARY_METRIC[task]
     metrics = list(tunes[0]["test"])
+    gated = task == "classification" and "linear_probe" in plan.reference_arms
+    num_classes = _num_classes(plan) if gated else 0
     for regime in plan.regimes:
         name = regime["name"]
         rs = [r for r in tunes if r["regime"] == name]
@@ -111,10 +113,10 @@ def summarise(plan: StudyPlan, records: list[dict]) -> tuple[dict, str]:
             lines.append(f"| {arm} | {len(seeds)} | {cells} | {train_s:.0f} | {_cpu_seconds(seeds.values())} |")
         lines += ["", *_reference_check(plan, by_arm, primary)]
         probe = by_arm.get("linear_probe")
-        if task == "classification" and probe:
+        if gated and probe:
             reasons = backbone_gate(statistics.fmean(r["test"]["macro_auc"] for r in probe.values()),
                                     statistics.fmean(r["test"]["balanced_accuracy"] for r in probe.values()),
-                                    _num_classes(plan))
+                                    num_classes)
             section["backbone_gate"] = {"passed": not reasons, "reasons": reasons}
             if reasons:
                 lines.append(f"**The linear probe fails the backbone gate ({'; '.join(reasons)}): the frozen features "
@@ -168,23 +170,22 @@ def _reference_check(plan: StudyPlan, by_arm: dict[str, dict[int, dict]], primar
 
 def _pretext_lines(tpps: list[dict], summary: dict) -> list[str]:
     """Held-out pretext loss of each TPP variant (first and last epoch, mean over seeds) and what a TPP run cost."""
-    curves: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
     runs: dict[str, list[dict]] = defaultdict(list)
     for r in tpps:
         if r.get("pretext_curve"):
-            curves[f"{r['method']}/{r['arm']}"].append(r["pretext_curve"])
             runs[f"{r['method']}/{r['arm']}"].append(r)
-    if not curves:
+    if not runs:
         return []
     lines = ["", "## TPP: held-out pretext loss (mean over seeds, first -> last epoch) and time per TPP run", ""]
     summary["pretext"] = {}
-    for key, cs in curves.items():
+    for key, rs in runs.items():
+        cs = [r["pretext_curve"] for r in rs]
         first, last = statistics.fmean(c[0][1] for c in cs), statistics.fmean(c[-1][1] for c in cs)
         summary["pretext"][key] = {"first": first, "last": last, "seeds": len(cs)}
-        wall = [r["seconds"]["tpp"] for r in runs[key] if "tpp" in r.get("seconds", {})]
+        wall = [r["seconds"]["tpp"] for r in rs if "tpp" in r.get("seconds", {})]
         cost = f"; {statistics.fmean(wall):.0f} s wall" if wall else ""
         if cost:
-            cost += f", {_cpu_seconds(runs[key], 'tpp')} CPU s"
+            cost += f", {_cpu_seconds(rs, 'tpp')} CPU s"
         lines.append(f"- {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f} %, {len(cs)} seeds{cost})")
     return lines
 
