@@ -233,6 +233,27 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, la
     assert runner.run_study(other, tmp_path / "work", max_hours=0)[1] == 3 and calls == []
 
 
+def test_a_run_finished_meanwhile_by_another_runner_is_not_redone(tmp_path, labelled, monkeypatch):
+    """Two runners on one study folder (a one-cell plan run while a chunk waits, paused): a run whose
+    ``result.json`` appeared after this runner listed its work is skipped, not run again."""
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0], regimes=[{"name": "all"}], reference_arms={},
+                                 arms={"standard": {}, "tpp": {"pretext": "pixels"}}))
+    calls: list = []
+    record = tmp_path / "work" / "all" / "seed0" / "lora" / "tpp" / "result.json"
+    fake = _fake_bundle_run(calls)
+
+    def other_runner_finishes_tpp_arm(*args, **kwargs):
+        if not record.is_file():  # while this runner's first run goes, the other one finishes the TPP arm
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"kind": "finetune", "path": "all/seed0/lora/tpp", "seconds": {}}))
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "bundle_run", other_runner_finishes_tpp_arm)
+    runner.run_study(plan, tmp_path / "work")
+    ran = {Path(out).relative_to(tmp_path / "work").parts[:4] for _, out in calls}
+    assert ("all", "seed0", "lora", "standard") in ran and ("all", "seed0", "lora", "tpp") not in ran, ran
+
+
 def test_run_timed_counts_cpu_time_not_sleep_nor_a_pause(tmp_path, monkeypatch):
     """A stage's CPU time counts what it computed: a sleeping child uses next to none, a busy one about its wall time,
     and a child stopped (SIGSTOP, as the study is paused for test runs) for part of its run not the stopped part."""

@@ -138,6 +138,9 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
         while waiting or going:
             over = max_hours is not None and time.monotonic() - start > 3600 * max_hours
             while failure is None and not over and len(going) < workers:
+                for r in [r for r in waiting if (work / r.path / "result.json").is_file()]:
+                    waiting.remove(r)  # finished meanwhile by another runner on this folder (a one-cell plan)
+                    done.add(r.path)
                 ready = next((r for r in waiting if _dependencies(r, runs) <= done), None)
                 if ready is None:
                     break
