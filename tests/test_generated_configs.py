@@ -58,11 +58,11 @@ def test_a_new_bundle_is_one_small_layer(tmp_path):
                     "inference.json": {"num_classes": 2, "class_names": ["normal", "pneumonia"]}},
     }))
     configs = compose(bundle)
-    busi = compose(ROOT / "bundles" / "brain_mri_classification")  # a bundle on the family's default network
-    assert set(configs) == set(busi)
+    brain = compose(ROOT / "bundles" / "brain_mri_classification")  # the same family, with a default switch folded in
+    assert set(configs) == set(brain) - {"vit.json"}  # a new bundle stays on the family's default network
     assert configs["train.json"]["default_class_names"] == ["normal", "pneumonia"]
     assert configs["train.json"]["head_norm"] is True and configs["inference.json"]["head_norm"] is True
-    same = [name for name in configs if {**configs[name], HEADER_KEY: ""} == {**busi[name], HEADER_KEY: ""}]
+    same = [name for name in configs if {**configs[name], HEADER_KEY: ""} == {**brain[name], HEADER_KEY: ""}]
     assert {"tpp.json", "evaluate.json", "multi_gpu_train.json"} <= set(same)  # the family's stage wiring
 
 
@@ -98,10 +98,16 @@ def test_check_names_stale_files_and_writes_nothing(tmp_path):
     assert "every generated config is up to date" in result.stdout
 
 
-def test_a_default_switch_is_folded_in_and_its_inverse_restores_the_family_default():
-    """breast_us_classification's default is the family's LiteMedSAM switch: the switch is a no-op over it, and
-    ``vit.json`` brings back the own ViT with stage 0 (its weights from stage 0's file, its budget, no head norm)."""
-    configs = ROOT / "bundles" / "breast_us_classification" / "configs"
+@pytest.mark.parametrize("bundle,vit_head_norm,budgets,inits", [
+    ("breast_us_classification", False, {"vit": (30, 20), "default": (8, 5)}, {"vit": "tpp", "default": "tpp"}),
+    ("brain_mri_classification", True, {"vit": (3, 3), "default": (4, 3)}, {"vit": "tpp", "default": "standard"}),
+])
+def test_a_default_switch_is_folded_in_and_its_inverse_restores_the_family_default(bundle, vit_head_norm, budgets,
+                                                                                   inits):
+    """Both classification bundles default to the family's LiteMedSAM switch: the switch is a no-op over it, and
+    ``vit.json`` brings back the own ViT with stage 0 (its weights from stage 0's file, its budget and head norm,
+    its files under ``models/vit``)."""
+    configs = ROOT / "bundles" / bundle / "configs"
     for stage, files in config_fingerprints.STAGES.items():
         if stage != "pretrain":
             with_switch = files[:1] + ["litemedsam.json"] + files[1:]
@@ -113,8 +119,11 @@ def test_a_default_switch_is_folded_in_and_its_inverse_restores_the_family_defau
     vit = ConfigParser.load_config_files([str(configs / "train.json"), str(configs / "vit.json")])
     assert default["backbone"]["_target_"].endswith("TinyViTClassifier") and default["head_norm"] is True
     assert vit["backbone"]["_target_"].endswith("ViTClassifier") and not vit["backbone"]["_target_"].endswith("TinyViTClassifier")
-    assert vit["backbone_weights"] == "$@ckpt_dir + '/backbone.pt'" and vit["head_norm"] is False
-    assert (vit["num_epochs"], vit["tpp_epochs"]) == (30, 20) and (default["num_epochs"], default["tpp_epochs"]) == (8, 5)
+    assert vit["backbone_weights"] == "$@ckpt_dir + '/backbone.pt'" and vit["head_norm"] is vit_head_norm
+    assert vit["ckpt_dir"] == "$@bundle_root + '/models/vit'"
+    assert (vit["num_epochs"], vit["tpp_epochs"]) == budgets["vit"]
+    assert (default["num_epochs"], default["tpp_epochs"]) == budgets["default"]
+    assert (vit["default_init"], default["default_init"]) == (inits["vit"], inits["default"])  # as each was measured
 
 
 def test_a_default_switch_naming_an_unknown_id_is_refused():

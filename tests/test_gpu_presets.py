@@ -25,7 +25,7 @@ GPU = "gpu.json"
 PRESETS = {
     "breast_us_classification": ([], (3, 256, 256)),
     "breast_us_classification+vit": (["vit.json"], (1, 256, 256)),
-    "brain_mri_classification": ([], (1, 256, 256)),
+    "brain_mri_classification": ([], (3, 256, 256)),
     "breast_us_segmentation": ([], (3, 256, 256)),
     "lung_ct_segmentation": ([], (3, 256, 256)),
     "spleen_ct_segmentation": ([], (1, 96, 96, 96)),

@@ -109,7 +109,8 @@ class TPPBundleTrainTask(BundleTrainTask):
       continues from the bundle's fine-tuned target parameters (``models/target_parameters.safetensors``,
       loaded by ``build_network`` with its method, configuration and backbone checks) and the task head of
       ``models/model.pt`` (:class:`lib.states.HeadState`, every head key required); without them, or with
-      ``pretrained`` false, fine-tuning starts from the bundle's own ``init`` (TPP's target parameters).
+      ``pretrained`` false, fine-tuning starts from the bundle's own ``init`` (TPP's target parameters, or LoRA's
+      standard start where the bundle's ``default_init`` is ``standard``).
     - The validation split is stratified: by class for a classifier, by empty / non-empty mask for a
       segmenter, whose validation always gets a mask with foreground where two or more masks have some (the
       Dice that picks ``model.pt`` is undefined on empty masks, so a round validated on them never improves).
@@ -297,7 +298,10 @@ class TPPBundleTrainTask(BundleTrainTask):
             overrides["num_epochs"] = overrides[self.const.key_train_trainer_max_epochs()]
         if self._continue_from is not None:
             target, model = self._continue_from
-            overrides["init"] = "tpp"
+            # start from the fine-tuned target parameters (init 'tpp' reads tpp_target_parameters); default_init
+            # follows, so the round still writes the files served and continued from (model.pt,
+            # target_parameters.safetensors) in a bundle whose default start is LoRA's standard one
+            overrides["init"] = overrides["default_init"] = "tpp"
             overrides["tpp_target_parameters"] = target
             head_loader = {
                 "_target_": "CheckpointLoader",
