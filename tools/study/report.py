@@ -158,7 +158,8 @@ def _reference_check(plan: StudyPlan, by_arm: dict[str, dict[int, dict]], primar
     means = {arm: statistics.fmean(r["test"][primary] for r in seeds.values()) for arm, seeds in by_arm.items()}
     refs = {a: means[a] for a in plan.reference_arms if a in means}
     if not refs:
-        return ["(no reference arm in this plan: nothing to check the comparison against)"]
+        why = "none of its runs has finished yet" if plan.reference_arms else "the plan has none"
+        return [f"(no reference arm to check the comparison against: {why})"]
     text = ", ".join(f"{a} {v:.3f}" for a, v in refs.items())
     base = {m: means[f"{m}/{plan.baseline_arm}"] for m in plan.methods if f"{m}/{plan.baseline_arm}" in means}
     text += "; " + ", ".join(f"{m}/{plan.baseline_arm} {v:.3f}" for m, v in base.items())
