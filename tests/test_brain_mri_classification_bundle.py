@@ -190,14 +190,15 @@ def test_vit_every_stage_one_epoch_on_synthetic_data(demo_datalist, tmp_path):
     run(VIT_TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), init="tpp", **common)
     run(VIT_EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), init="tpp", **common)
     names = _copy_test_images(demo_datalist, tmp_path / "images", 4)
-    models, model = tmp_path / "models", _model_file(VIT_TRAIN, "tpp")
+    models = tmp_path / "models"
+    model, target = _fine_tuned_files(VIT_TRAIN, "tpp", models)
     run(VIT_INFER, bundle=BUNDLE, workflow_type="infer", input_dir=str(tmp_path / "images"),
-        output_dir=str(tmp_path / "pred"), ckpt_dir=str(models), model_file=str(models / model))
+        output_dir=str(tmp_path / "pred"), ckpt_dir=str(models), model_file=str(model))
 
-    for name in ("backbone.pt", "pretext_decoder.pt", "tpp_target_parameters.safetensors", model):
-        assert (models / name).is_file(), name
+    for path in (models / "backbone.pt", models / "pretext_decoder.pt", models / "tpp_target_parameters.safetensors", model):
+        assert path.is_file(), path
     assert read_manifest(models / "tpp_target_parameters.safetensors")["backbone"]["fingerprint"] == \
-        read_manifest(models / _parser(VIT_TRAIN, init="tpp", ckpt_dir=str(models)).get_parsed_content("target_parameters"))["backbone"]["fingerprint"]
+        read_manifest(target)["backbone"]["fingerprint"]
     report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
     assert set(report["per_class"]) == set(CLASS_NAMES) and report["num_samples"] == len(load_datalist(demo_datalist)["test"])
     # evaluation writes its own file beside the report; the confusion matrix counts every test image
@@ -211,9 +212,9 @@ def test_vit_every_stage_one_epoch_on_synthetic_data(demo_datalist, tmp_path):
 
     # the merged model loads strictly into inference.json's network_def; its TorchScript export gives the same outputs
     net = _parser(VIT_INFER).get_parsed_content("network_def")
-    net.load_state_dict(torch.load(models / model, weights_only=True), strict=True)
+    net.load_state_dict(torch.load(model, weights_only=True), strict=True)
     assert not any("lora" in k for k in net.state_dict())
-    check_export(BUNDLE, VIT_INFER, models / model, [3, 1, 64, 64], atol=1e-5)
+    check_export(BUNDLE, VIT_INFER, model, [3, 1, 64, 64], atol=1e-5)
     with torch.no_grad():
         # and inference's probabilities are the softmax of that network on the preprocessed image, computed in the
         # bundle's precision ('auto': bf16 on a CPU with AVX-512 BF16, whose 8-bit mantissa the tolerance allows)
@@ -227,9 +228,11 @@ def test_vit_every_stage_one_epoch_on_synthetic_data(demo_datalist, tmp_path):
     assert torch.allclose(expected, exact, atol=5e-2 if bf16 else 1e-6)  # measured 0.025 after one epoch
 
 
-def _model_file(configs: list[str], init: str) -> str:
-    """The name fine-tuning with ``init`` writes (``model.pt`` for the bundle's default init)."""
-    return _parser(configs, init=init).get_parsed_content("model_name")
+def _fine_tuned_files(configs: list[str], init: str, ckpt_dir: Path) -> tuple[Path, Path]:
+    """The model and target-parameter files fine-tuning with ``init`` writes into ``ckpt_dir`` (``model.pt`` and
+    ``target_parameters.safetensors`` for the bundle's ``default_init``, ``*_<init>`` otherwise)."""
+    parser = _parser(configs, init=init, ckpt_dir=str(ckpt_dir))
+    return ckpt_dir / parser.get_parsed_content("model_name"), Path(parser.get_parsed_content("target_parameters"))
 
 
 @needs_weights
@@ -241,25 +244,23 @@ def test_default_runs_tpp_train_evaluate_and_inference(demo_datalist, tmp_path):
     run(TRAIN, bundle=BUNDLE, output_dir=str(tmp_path / "logs" / "train"), init="tpp", **common)
     run(EVALUATE, bundle=BUNDLE, output_dir=str(tmp_path / "eval"), init="tpp", **common)
     names = _copy_test_images(demo_datalist, tmp_path / "images", 3)
-    model = _model_file(TRAIN, "tpp")
-    run(INFER, bundle=BUNDLE, workflow_type="infer", input_dir=str(tmp_path / "images"),
-        output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models"), image_size=32,
-        model_file=str(tmp_path / "models" / model))
-
     models = tmp_path / "models"
+    model, target = _fine_tuned_files(TRAIN, "tpp", models)
+    run(INFER, bundle=BUNDLE, workflow_type="infer", input_dir=str(tmp_path / "images"),
+        output_dir=str(tmp_path / "pred"), ckpt_dir=str(models), image_size=32, model_file=str(model))
+
     manifest = read_manifest(models / "tpp_target_parameters.safetensors")
     assert manifest["backbone"]["class"] == "TinyViTClassifier" and manifest["config"]["target_modules"] == "attention_mlp"
-    assert manifest["backbone"]["fingerprint"] == \
-        read_manifest(models / _parser(TRAIN, init="tpp", ckpt_dir=str(models)).get_parsed_content("target_parameters"))["backbone"]["fingerprint"]
+    assert manifest["backbone"]["fingerprint"] == read_manifest(target)["backbone"]["fingerprint"]
     report = json.loads((tmp_path / "eval" / "classification_report.json").read_text())
     assert set(report["per_class"]) == set(CLASS_NAMES)
     predictions = _predictions(tmp_path / "pred")
     assert sorted(predictions) == sorted(names) and all(len(p) == 4 for p in predictions.values())
     net = _parser(INFER, image_size=32).get_parsed_content("network_def")
-    net.load_state_dict(torch.load(models / model, weights_only=True), strict=True)
+    net.load_state_dict(torch.load(model, weights_only=True), strict=True)
     assert net.state_dict()["patch_embed.conv1.conv.weight"].shape[1] == 3
     # the merged TinyViT exports to TorchScript too
-    check_export(BUNDLE, INFER, models / model, [2, 3, 32, 32], atol=1e-5, image_size=32)
+    check_export(BUNDLE, INFER, model, [2, 3, 32, 32], atol=1e-5, image_size=32)
 
 
 def _head_norm(network: torch.nn.Module) -> torch.nn.BatchNorm1d:

@@ -123,7 +123,7 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
     """
     work = study_workdir(plan, workdir)
     runs = plan.runs(work)
-    done = {r.path for r in runs if (work / r.path / "result.json").is_file()}
+    done = {r.path for r in runs if _result_file(work, r).is_file()}
     todo = [r for r in runs if r.path not in done]
     print(f"study '{plan.study}' in {work}: {len(runs)} runs, {len(done)} finished, {len(todo)} to run", flush=True)
     if dry_run:
@@ -138,7 +138,7 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
         while waiting or going:
             over = max_hours is not None and time.monotonic() - start > 3600 * max_hours
             while failure is None and not over and len(going) < workers:
-                for r in [r for r in waiting if (work / r.path / "result.json").is_file()]:
+                for r in [r for r in waiting if _result_file(work, r).is_file()]:
                     waiting.remove(r)  # finished meanwhile by another runner on this folder (a one-cell plan)
                     done.add(r.path)
                 ready = next((r for r in waiting if _dependencies(r, runs) <= done), None)
@@ -165,13 +165,18 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
     return _records(runs, work), len(waiting)
 
 
+def _result_file(work: Path, run: Run) -> Path:
+    """The record whose presence marks ``run`` finished."""
+    return work / run.path / "result.json"
+
+
 def _finish(future: Future, run: Run, work: Path, spent: dict[str, list[float]]) -> BaseException | None:
     """Mark a run done (its ``result.json``) or return the error it raised."""
     error = future.exception()
     if error is not None:
         return error
     record = future.result()
-    atomic_write_text(work / run.path / "result.json", json.dumps(record, indent=4))
+    atomic_write_text(_result_file(work, run), json.dumps(record, indent=4))
     spent[run.kind].append(sum(record["seconds"].values()))
     return None
 
@@ -187,4 +192,4 @@ def _progress(run: Run, future: Future, finished: int, todo: list[Run], waiting:
 
 
 def _records(runs: list[Run], work: Path) -> list[dict]:
-    return [json.loads((work / r.path / "result.json").read_text()) for r in runs if (work / r.path / "result.json").is_file()]
+    return [json.loads(_result_file(work, r).read_text()) for r in runs if _result_file(work, r).is_file()]
