@@ -197,6 +197,10 @@ def _fake_bundle_run(calls: list, fail_at: int | None = None):
         if fail_at is not None and len(calls) == fail_at:
             raise RuntimeError("killed")
         calls.append((" ".join(configs), overrides["output_dir"]))
+        written = {"tpp.json": ["tpp_target_parameters.safetensors"], "pretrain.json": ["backbone.pt", "pretext_decoder.pt"]}
+        for name in (n for c in configs for n in written.get(c, [])):  # the files later runs read
+            Path(overrides["ckpt_dir"], name).parent.mkdir(parents=True, exist_ok=True)
+            Path(overrides["ckpt_dir"], name).write_bytes(b"")
         if "evaluate.json" in configs:
             out = Path(overrides["output_dir"])
             out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +256,36 @@ def test_a_run_finished_meanwhile_by_another_runner_is_not_redone(tmp_path, labe
     runner.run_study(plan, tmp_path / "work")
     ran = {Path(out).relative_to(tmp_path / "work").parts[:4] for _, out in calls}
     assert ("all", "seed0", "lora", "standard") in ran and ("all", "seed0", "lora", "tpp") not in ran, ran
+
+
+def test_a_new_clone_resumes_from_the_published_record(tmp_path, labelled, monkeypatch):
+    """``--restore``: the published runs count as finished; a TPP run is redone only where a run still to come reads
+    its target parameters (records keep numbers, not checkpoints); a plan changed since is refused by key."""
+    two_arms = {"standard": {}, "tpp": {"pretext": "pixels"}}
+    plan = load_plan(_write_plan(tmp_path, labelled, seeds=[0], reference_arms={}, arms=two_arms))
+    calls: list = []
+    monkeypatch.setattr(runner, "bundle_run", _fake_bundle_run(calls))
+    published, _ = runner.run_study(plan, tmp_path / "machine_a")
+    assert len(published) == 5  # TPP, then standard and TPP arms at two label fractions
+
+    calls.clear()  # the same plan on a new clone: nothing runs again
+    assert runner.restore_records(plan, published, tmp_path / "clone") == 5
+    assert runner.run_study(plan, tmp_path / "clone")[1] == 0 and calls == []
+
+    grown = load_plan(_write_plan(tmp_path, labelled, seeds=[0], reference_arms={},
+                                  arms={**two_arms, "tpp_a_only": {"pretext": "pixels", "overrides": {"tpp_update_scale": 0.0}}}))
+    assert runner.restore_records(grown, published, tmp_path / "clone2") == 5
+    records, left = runner.run_study(grown, tmp_path / "clone2")
+    ran = [Path(out).relative_to(tmp_path / "clone2").as_posix() for _, out in calls]
+    assert left == 0 and len(records) == 7
+    assert ran[0] == "tpp/lora/pixels/seed0/logs"  # its target parameters are gone: TPP first, once
+    assert sorted({r.rsplit("/", 1)[0] for r in ran[1:]}) == ["all/seed0/lora/tpp_a_only", "tenth/seed0/lora/tpp_a_only"]
+    assert runner.restore_records(grown, published, tmp_path / "clone2") == 0  # what is there is kept
+
+    changed = load_plan(_write_plan(tmp_path, labelled, seeds=[0], reference_arms={}, arms=two_arms,
+                                    overrides={"image_size": 48}))
+    with pytest.raises(PlanError, match=r"restoring 'all/seed0/lora/standard'.*image_size=32.*48"):
+        runner.restore_records(changed, published, tmp_path / "clone3")
 
 
 def test_run_timed_counts_cpu_time_not_sleep_nor_a_pause(tmp_path, monkeypatch):
@@ -477,3 +511,11 @@ def test_cli_names_a_bad_plan_in_one_line(tmp_path, labelled):
                             cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR: study plan '{path}': datalist ")
+    # a --restore file that is not a study's results.json: one line naming it
+    good = _write_plan(tmp_path, labelled)
+    (tmp_path / "notes.json").write_text(json.dumps({"summary": {}}))
+    result = subprocess.run([sys.executable, "tools/run_study.py", str(good), "--dry_run", "--workdir", str(tmp_path / "w"),
+                             "--restore", str(tmp_path / "notes.json")], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR: --restore {tmp_path / 'notes.json'}: expected a study's results.json")

@@ -9,6 +9,11 @@ finished so far. Usage, from the repository root::
     python tools/run_study.py studies/busi_litemedsam.yaml --max_hours 2
     python tools/run_study.py studies/busi_litemedsam.yaml --dry_run      # the runs, without running them
     python tools/run_study.py studies/busi_litemedsam.yaml --report_only  # the tables from what finished
+
+The runs live under ``runs/`` and are not committed. On a new clone, resume from the published record: its runs
+count as finished (a TPP run whose target parameters a run still to come reads is run again)::
+
+    python tools/run_study.py studies/busi_litemedsam.yaml --restore docs/study/busi_litemedsam/results.json --max_hours 2
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from tools.study.plan import PlanError, load_plan  # noqa: E402
 from tools.study.plots import plot_study  # noqa: E402
 from tools.study.report import summarise  # noqa: E402
-from tools.study.runner import run_study, study_workdir  # noqa: E402
+from tools.study.runner import restore_records, run_study, study_workdir  # noqa: E402
 from tpp_components.io import atomic_write_text  # noqa: E402
 
 
 def main(plan: str, workdir: str | None = None, max_hours: float | None = None, dry_run: bool = False,
-         report_only: bool = False, workers: int = 1, publish: str | None = None) -> int:
+         report_only: bool = False, workers: int = 1, publish: str | None = None, restore: str | None = None) -> int:
     """Run what is left of the study in ``plan`` (at most ``max_hours`` of new runs), then write its report.
 
     Args:
@@ -44,12 +49,19 @@ def main(plan: str, workdir: str | None = None, max_hours: float | None = None, 
         workers: runs at once, sharing the plan's ``threads`` (for larger machines: on 2 cores one run is faster).
         publish: a folder (e.g. ``docs/study/<study>``) to copy the report, the figures, the plan and the
             machine's library versions into: what is committed, while the runs stay under ``runs/``.
+        restore: a ``results.json`` (a published study's) whose runs count as finished here before anything runs.
 
     Returns:
         the number of runs left (0: the study is complete).
     """
     study = load_plan(plan)
     work = study_workdir(study, workdir)
+    if restore:
+        try:
+            published = json.loads(Path(restore).read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise PlanError(f"--restore {restore}: expected a study's results.json with a 'runs' list ({err})") from err
+        print(f"restored {restore_records(study, published, work)} finished runs from {restore}", flush=True)
     records, left = run_study(study, work, max_hours=None if report_only else max_hours, dry_run=dry_run or report_only,
                                 workers=workers)
     if dry_run and not report_only:

@@ -2,7 +2,9 @@
 
 A run is finished when its folder holds ``result.json`` (written atomically after the stage, and for
 fine-tuning after the evaluation, succeeded), so an interrupted study (a killed process, a chunk's time
-budget) resumes where it stopped: rerun the same command.
+budget) resumes where it stopped: rerun the same command. The runs stay under ``runs/`` (not committed); a new
+clone resumes from the published record instead (:func:`restore_records`): its runs count as finished, and a TPP
+run or stage 0 whose files a run still to come reads is run again.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 from tools.bundle_command import bundle_command
 from tools.study.curves import scalar_curve
 from tools.study.metrics import VALIDATION_TAG, read_test_metrics
-from tools.study.plan import Run, StudyPlan
+from tools.study.plan import PlanError, Run, StudyPlan
 from tpp_components.io import atomic_write_text
 from tpp_components.runtime import cpu_environment
 
-__all__ = ["bundle_run", "run_study", "run_timed", "study_workdir"]
+__all__ = ["bundle_run", "restore_records", "run_study", "run_timed", "study_workdir"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,6 +109,57 @@ def _dependencies(run: Run, runs: list[Run]) -> set[str]:
     return deps
 
 
+def _outputs(run: Run, work: Path) -> list[Path]:
+    """The files of ``run`` that later runs read (``plan.py`` and :func:`_execute` name them)."""
+    folder = work / run.path
+    if run.kind == "stage0":
+        return [folder / "backbone.pt", folder / "pretext_decoder.pt"]
+    if run.kind == "tpp":
+        return [folder / "tpp_target_parameters.safetensors"]
+    return []
+
+
+def _to_redo(runs: list[Run], todo: list[Run], work: Path) -> list[Run]:
+    """Finished runs whose files a run in ``todo`` reads but which are gone (a record restored from a published
+    study keeps the numbers, not the checkpoints): they run again, before the runs that read them."""
+    by_path = {r.path: r for r in runs}
+    needed = set().union(*(_dependencies(r, runs) for r in todo)) if todo else set()
+    todo_paths = {r.path for r in todo}
+    return [by_path[p] for p in sorted(needed - todo_paths)
+            if not all(f.is_file() for f in _outputs(by_path[p], work))]
+
+
+# keys whose values are paths on the machine that made a record: compared by file name only
+_PATH_KEYS = ("datalist", "backbone_weights", "pretext_decoder", "tpp_target_parameters")
+
+
+def restore_records(plan: StudyPlan, records: list[dict], workdir: str | os.PathLike | None = None) -> int:
+    """Mark the runs in ``records`` (a ``results.json``'s ``runs``: a published study) finished in the study's folder.
+
+    A run that already has its ``result.json`` is kept. A record must match its run's kind and overrides (paths
+    compared by file name): a plan changed since it was published raises :class:`PlanError` naming the run and key.
+    A record of no run of ``plan`` is ignored. Returns how many runs were restored.
+    """
+    work = study_workdir(plan, workdir)
+    runs = {r.path: r for r in plan.runs(work)}
+    restored = 0
+    for record in records:
+        run = runs.get(record.get("path"))
+        if run is None or _result_file(work, run).is_file():
+            continue
+        theirs, ours = {"kind": record.get("kind"), **record.get("overrides", {})}, {"kind": run.kind, **run.overrides}
+        for key in sorted(set(theirs) | set(ours)):
+            a, b = theirs.get(key), ours.get(key)
+            if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str):
+                a, b = Path(a).name, Path(b).name
+            if a != b:
+                raise PlanError(f"restoring '{run.path}': its record was made with {key}={a!r}, the plan "
+                                 f"'{plan.file}' now gives {b!r}; restore from a record of this plan")
+        atomic_write_text(_result_file(work, run), json.dumps(record, indent=4))
+        restored += 1
+    return restored
+
+
 def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hours: float | None = None,
               dry_run: bool = False, workers: int = 1) -> tuple[list[dict], int]:
     """Run every unfinished run of ``plan`` in order; stop starting new ones after ``max_hours``.
@@ -125,6 +178,11 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
     runs = plan.runs(work)
     done = {r.path for r in runs if _result_file(work, r).is_file()}
     todo = [r for r in runs if r.path not in done]
+    redo = {r.path for r in _to_redo(runs, todo, work)}
+    if redo:
+        print(f"run again, their files are gone and later runs read them: {', '.join(sorted(redo))}", flush=True)
+        done -= redo
+        todo = [r for r in runs if r.path not in done]
     print(f"study '{plan.study}' in {work}: {len(runs)} runs, {len(done)} finished, {len(todo)} to run", flush=True)
     if dry_run:
         for r in todo:
@@ -138,7 +196,7 @@ def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hou
         while waiting or going:
             over = max_hours is not None and time.monotonic() - start > 3600 * max_hours
             while failure is None and not over and len(going) < workers:
-                for r in [r for r in waiting if _result_file(work, r).is_file()]:
+                for r in [r for r in waiting if r.path not in redo and _result_file(work, r).is_file()]:
                     waiting.remove(r)  # finished meanwhile by another runner on this folder (a one-cell plan)
                     done.add(r.path)
                 ready = next((r for r in waiting if _dependencies(r, runs) <= done), None)
