@@ -286,6 +286,7 @@ def test_a_new_clone_resumes_from_the_published_record(tmp_path, labelled, monke
                                     overrides={"image_size": 48}))
     with pytest.raises(PlanError, match=r"restoring 'all/seed0/lora/standard'.*image_size=32.*48"):
         runner.restore_records(changed, published, tmp_path / "clone3")
+    assert not list((tmp_path / "clone3").rglob("result.json"))  # refused before anything was written
 
 
 def test_run_timed_counts_cpu_time_not_sleep_nor_a_pause(tmp_path, monkeypatch):

@@ -137,16 +137,14 @@ def restore_records(plan: StudyPlan, records: list[dict], workdir: str | os.Path
     """Mark the runs in ``records`` (a ``results.json``'s ``runs``: a published study) finished in the study's folder.
 
     A run that already has its ``result.json`` is kept. A record must match its run's kind and overrides (paths
-    compared by file name): a plan changed since it was published raises :class:`PlanError` naming the run and key.
-    A record of no run of ``plan`` is ignored. Returns how many runs were restored.
+    compared by file name): a plan changed since it was published raises :class:`PlanError` naming the run and key,
+    before anything is written. A record of no run of ``plan`` is ignored. Returns how many runs were restored.
     """
     work = study_workdir(plan, workdir)
     runs = {r.path: r for r in plan.runs(work)}
-    restored = 0
-    for record in records:
-        run = runs.get(record.get("path"))
-        if run is None or _result_file(work, run).is_file():
-            continue
+    pending = [(runs[rec["path"]], rec) for rec in records
+               if rec.get("path") in runs and not _result_file(work, runs[rec["path"]]).is_file()]
+    for run, record in pending:
         theirs, ours = {"kind": record.get("kind"), **record.get("overrides", {})}, {"kind": run.kind, **run.overrides}
         for key in sorted(set(theirs) | set(ours)):
             a, b = theirs.get(key), ours.get(key)
@@ -155,9 +153,9 @@ def restore_records(plan: StudyPlan, records: list[dict], workdir: str | os.Path
             if a != b:
                 raise PlanError(f"restoring '{run.path}': its record was made with {key}={a!r}, the plan "
                                  f"'{plan.file}' now gives {b!r}; restore from a record of this plan")
+    for run, record in pending:
         atomic_write_text(_result_file(work, run), json.dumps(record, indent=4))
-        restored += 1
-    return restored
+    return len(pending)
 
 
 def run_study(plan: StudyPlan, workdir: str | os.PathLike | None = None, max_hours: float | None = None,
