@@ -13,7 +13,7 @@ import torch
 from cases import make_backbone
 from conftest import needs_weights
 from tools.study import runner
-from tools.study.plan import PlanError, label_subset, load_plan
+from tools.study.plan import STAGE_OUTPUTS, PlanError, label_subset, load_plan
 from tools.study.report import summarise
 from tools.study.stats import epochs_to_reach, paired_difference, t_interval
 from tpp_components.networks import build_network
@@ -197,7 +197,7 @@ def _fake_bundle_run(calls: list, fail_at: int | None = None):
         if fail_at is not None and len(calls) == fail_at:
             raise RuntimeError("killed")
         calls.append((" ".join(configs), overrides["output_dir"]))
-        written = {"tpp.json": ["tpp_target_parameters.safetensors"], "pretrain.json": ["backbone.pt", "pretext_decoder.pt"]}
+        written = {"tpp.json": STAGE_OUTPUTS["tpp"].values(), "pretrain.json": STAGE_OUTPUTS["stage0"].values()}
         for name in (n for c in configs for n in written.get(c, [])):  # the files later runs read
             Path(overrides["ckpt_dir"], name).parent.mkdir(parents=True, exist_ok=True)
             Path(overrides["ckpt_dir"], name).write_bytes(b"")

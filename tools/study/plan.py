@@ -57,6 +57,14 @@ _ARM_KEYS = {"pretext", "overrides", "seeds", "methods"}
 _REGIME_KEYS = {"name", "label_fraction", "overrides"}
 
 
+#: the files a stage writes into its run's folder that later runs read, by the override that hands each to them
+#: (stage 0's backbone and decoder to every run, a TPP run's target parameters to the arms that start from it)
+STAGE_OUTPUTS: dict[str, dict[str, str]] = {
+    "stage0": {"backbone_weights": "backbone.pt", "pretext_decoder": "pretext_decoder.pt"},
+    "tpp": {"tpp_target_parameters": "tpp_target_parameters.safetensors"},
+}
+
+
 class PlanError(ValueError):
     """A study plan that cannot run: names the file, the key and what was expected."""
 
@@ -118,8 +126,7 @@ class StudyPlan:
         if self.stage0 is not None:  # one stage 0 for the whole study; its backbone and decoder serve every run
             runs.append(Run("stage0", "stage0", [*base, "pretrain.json"],
                             {**self.overrides, **self.stage0, "datalist": str(self.datalist)}, seed=0, arm="stage0"))
-            common.update(backbone_weights=str(workdir / "stage0" / "backbone.pt"),
-                          pretext_decoder=str(workdir / "stage0" / "pretext_decoder.pt"))
+            common.update({key: str(workdir / "stage0" / name) for key, name in STAGE_OUTPUTS["stage0"].items()})
         tpp_done: set[str] = set()
         for seed in self.seeds:
             for regime in self.regimes:

@@ -20,7 +20,7 @@ from typing import Any
 from tools.bundle_command import bundle_command
 from tools.study.curves import scalar_curve
 from tools.study.metrics import VALIDATION_TAG, read_test_metrics
-from tools.study.plan import PlanError, Run, StudyPlan
+from tools.study.plan import STAGE_OUTPUTS, PlanError, Run, StudyPlan
 from tpp_components.io import atomic_write_text
 from tpp_components.runtime import cpu_environment
 
@@ -88,7 +88,7 @@ def _execute(plan: StudyPlan, run: Run, work: Path, threads: int) -> dict:
         record["pretext_curve"] = scalar_curve(folder / "logs", "val_pretext_loss")
         return record
     if run.needs is not None:
-        stage["tpp_target_parameters"] = str(work / run.needs / "tpp_target_parameters.safetensors")
+        stage.update({key: str(work / run.needs / name) for key, name in STAGE_OUTPUTS["tpp"].items()})
     seconds = {"train": bundle_run(plan.bundle, ["train.json", *run.configs], stage, folder / "train.log", threads,
                                    cpu, "train")}
     # the merged model.pt holds the backbone: evaluation reads only it
@@ -110,13 +110,8 @@ def _dependencies(run: Run, runs: list[Run]) -> set[str]:
 
 
 def _outputs(run: Run, work: Path) -> list[Path]:
-    """The files of ``run`` that later runs read (``plan.py`` and :func:`_execute` name them)."""
-    folder = work / run.path
-    if run.kind == "stage0":
-        return [folder / "backbone.pt", folder / "pretext_decoder.pt"]
-    if run.kind == "tpp":
-        return [folder / "tpp_target_parameters.safetensors"]
-    return []
+    """The files of ``run`` that later runs read (:data:`STAGE_OUTPUTS`)."""
+    return [work / run.path / name for name in STAGE_OUTPUTS.get(run.kind, {}).values()]
 
 
 def _to_redo(runs: list[Run], todo: list[Run], work: Path) -> list[Run]:
@@ -130,7 +125,7 @@ def _to_redo(runs: list[Run], todo: list[Run], work: Path) -> list[Run]:
 
 
 # keys whose values are paths on the machine that made a record: compared by file name only
-_PATH_KEYS = ("datalist", "backbone_weights", "pretext_decoder", "tpp_target_parameters")
+_PATH_KEYS = {"datalist", *(key for files in STAGE_OUTPUTS.values() for key in files)}
 
 
 def restore_records(plan: StudyPlan, records: list[dict], workdir: str | os.PathLike | None = None) -> int:
